@@ -1,0 +1,150 @@
+"""Shared CLI plumbing: options every command takes, model/data resolution, output and errors.
+
+Each subcommand module exposes ``register(subparsers)``; its handler returns a JSON-able dict that
+is printed as JSON with ``--json`` or rendered by the command's own ``render`` for humans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..data import DATASETS, ImageSet, load_dataset
+from ..models import ModelSpec, default_dataset, default_input_shape, load_model
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # bad input, missing file, wrong checkpoint: a one-line reason on stderr
+EXIT_USAGE = 2  # argparse's own code for bad command lines
+EXIT_INFEASIBLE = 3  # a budget that cannot be met (distinct from a crash)
+
+Handler = Callable[[argparse.Namespace], dict[str, Any]]
+
+
+class CLIError(Exception):
+    """An expected failure with a message for the user (exit code ``code``)."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every subcommand."""
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def add_model_args(parser: argparse.ArgumentParser, weights_required: bool = False) -> None:
+    parser.add_argument("--model", required=True,
+                        help="zoo name (resnet20, lenet5, ...), 'pkg.module:factory' or 'file.py:factory'")
+    parser.add_argument("--weights", required=weights_required,
+                        help="checkpoint: a cnncompress .pt or a (DataParallel) state_dict file")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", choices=sorted(DATASETS), help="default: the model's usual dataset")
+    parser.add_argument("--data-dir", help="folder with the dataset files (else $CNNCOMPRESS_DATA, ../shared/data)")
+    parser.add_argument("--download", action="store_true", help="fetch missing dataset files from the official URLs")
+
+
+def resolve_model(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
+    """Build ``--model``, loading ``--weights`` when given (the checkpoint's own spec wins)."""
+    spec = ModelSpec(args.model)
+    if getattr(args, "weights", None):
+        model, spec, _ = load_model(args.weights, spec)
+    else:
+        model = spec.build()
+    return model.eval(), spec
+
+
+def dataset_name(args: argparse.Namespace, spec: ModelSpec) -> str:
+    name = getattr(args, "dataset", None) or default_dataset(spec.factory)
+    if name is None:
+        raise CLIError(f"--dataset is required for model {spec.factory!r}")
+    return name
+
+
+def load_split(args: argparse.Namespace, name: str, split: str) -> ImageSet:
+    return load_dataset(name, split, data_dir=getattr(args, "data_dir", None), download=getattr(args, "download", False))
+
+
+def input_shape(args: argparse.Namespace, spec: ModelSpec) -> tuple[int, int, int]:
+    """``--input-shape C,H,W`` if given, else the zoo default, else the dataset's shape."""
+    text = getattr(args, "input_shape", None)
+    if text:
+        try:
+            dims = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            dims = ()
+        if len(dims) != 3 or min(dims) <= 0:
+            raise CLIError(f"--input-shape must be C,H,W with positive integers, got {text!r}")
+        return dims  # type: ignore[return-value]
+    shape = default_input_shape(spec.factory)
+    if shape is None:
+        dataset = getattr(args, "dataset", None)
+        if dataset is None:
+            raise CLIError("give --input-shape C,H,W (or --dataset) for a user model")
+        return DATASETS[dataset].input_shape
+    return shape
+
+
+def emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> None:
+    """Print the result as JSON or as the human rendering; also save JSON beside ``--output`` dirs."""
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, default=_jsonable)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        print(render(result))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if args.quiet or args.json else logging.INFO
+    if args.verbose:
+        level = logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    return not (args.quiet or args.json) and sys.stderr.isatty()
+
+
+def format_table(rows: list[list[Any]], header: list[str]) -> str:
+    """A plain aligned text table (numbers right-aligned)."""
+    cells = [[str(h) for h in header]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for j, row in enumerate(cells):
+        lines.append("  ".join(c.rjust(w) if j and _numeric(c) else c.ljust(w) for c, w in zip(row, widths)))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _numeric(text: str) -> bool:
+    return text.replace(",", "").replace(".", "").replace("-", "").replace("%", "").isdigit()

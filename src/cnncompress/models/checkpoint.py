@@ -1,0 +1,126 @@
+"""Checkpoints as architecture description + state_dict (never pickled modules).
+
+Structured pruning changes layer widths, so loading adopts each Conv/Linear/BatchNorm's shape from
+the stored tensors before copying them in: a pruned model rebuilds from its original spec.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..utils import torch_save_atomic
+from .registry import ModelSpec
+
+FORMAT = "cnncompress-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded into the requested architecture."""
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, **meta: Any) -> Path:
+    """Atomically save ``model``'s weights with its spec and JSON-able ``meta``."""
+    payload = {"format": FORMAT, "version": VERSION, "spec": spec.to_dict(),
+               "state_dict": model.state_dict(), "meta": meta}
+    torch_save_atomic(payload, path)
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint dict safely; accepts cnncompress files and plain/``module.``-prefixed state_dicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        return raw
+    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        state = raw["state_dict"]
+        meta = {k: v for k, v in raw.items() if k != "state_dict" and isinstance(v, (int, float, str))}
+    elif isinstance(raw, dict) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+        state, meta = raw, {}
+    else:
+        raise CheckpointError(f"{path} holds neither a cnncompress checkpoint nor a state_dict")
+    return {"format": "state_dict", "spec": None, "state_dict": _strip_prefix(state), "meta": meta}
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def adopt_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Resize Conv2d/Linear/BatchNorm layers in place to the widths stored in ``state``."""
+    for name, module in model.named_modules():
+        weight = state.get(f"{name}.weight" if name else "weight")
+        if isinstance(module, nn.Conv2d) and weight is not None and weight.shape != module.weight.shape:
+            groups = module.groups
+            depthwise = groups == module.in_channels == module.out_channels and groups > 1
+            module.out_channels = weight.shape[0]
+            module.groups = weight.shape[0] if depthwise else groups
+            module.in_channels = weight.shape[1] * module.groups
+            _resize_params(module, weight.shape)
+        elif isinstance(module, nn.Linear) and weight is not None and weight.shape != module.weight.shape:
+            module.out_features, module.in_features = weight.shape
+            _resize_params(module, weight.shape)
+        elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+            mean = state.get(f"{name}.running_mean")
+            if mean is not None and mean.shape[0] != module.num_features:
+                module.num_features = mean.shape[0]
+                for attr in ("weight", "bias", "running_mean", "running_var"):
+                    tensor = getattr(module, attr)
+                    if tensor is not None:
+                        tensor.data = torch.empty(mean.shape[0], dtype=tensor.dtype)
+
+
+def _resize_params(module: nn.Module, weight_shape: torch.Size) -> None:
+    module.weight = nn.Parameter(torch.empty(weight_shape))
+    if getattr(module, "bias", None) is not None:
+        module.bias = nn.Parameter(torch.empty(weight_shape[0]))
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
+                 adopt: bool = False) -> nn.Module:
+    """Copy ``state`` into ``model`` strictly, with an error listing every mismatch.
+
+    ``adopt`` first resizes layers to the stored widths (for cnncompress's own pruned checkpoints);
+    third-party files load without it, so a wrong file is reported instead of silently reshaping.
+    BatchNorm's ``num_batches_tracked`` counters, absent from older files, may be missing.
+    """
+    if adopt:
+        adopt_shapes(model, state)
+    own = model.state_dict()
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                       for k in set(own) & set(state) if state[k].shape != own[k].shape)
+    if missing or unexpected or misshaped:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}"
+                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("mis-shaped keys", misshaped)) if keys]
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def load_model(path: str | os.PathLike, spec: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec, dict]:
+    """Rebuild the model stored in ``path`` (its own spec, else ``spec``) and load its weights."""
+    ckpt = read_checkpoint(path)
+    stored = ModelSpec.from_dict(ckpt["spec"]) if ckpt.get("spec") else None
+    spec = stored or spec
+    if spec is None:
+        raise CheckpointError(f"{path} is a bare state_dict: name the architecture (--model)")
+    own_format = ckpt.get("format") == FORMAT
+    model = load_weights(spec.build(), ckpt["state_dict"], source=str(path), adopt=own_format)
+    model.eval()
+    return model, spec, ckpt.get("meta", {})

@@ -1,0 +1,243 @@
+"""The one training and evaluation loop every stage uses (fine-tuning, QAT, distillation).
+
+Hooks keep it generic: ``loss_terms`` add penalties (e.g. L1 on BatchNorm scales for network
+slimming) and ``after_step`` callbacks run after each optimizer step (e.g. re-applying pruning masks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import ImageSet
+from .utils import seed_everything, torch_save_atomic
+
+log = logging.getLogger(__name__)
+
+LossTerm = Callable[[nn.Module], torch.Tensor]
+StepHook = Callable[[nn.Module], None]
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run; validated on construction."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" (momentum, nesterov) or "adam"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine", "step" or "constant"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the run, for "step"
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: bool = True
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9  # weight of the distillation term when a teacher is given
+    seed: int = 0
+    device: str = "cpu"
+    max_batches_per_epoch: int | None = None  # for quick runs and tests
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 0, "epochs must be >= 0"),
+            (self.batch_size > 0, "batch_size must be > 0"),
+            (self.optimizer in ("sgd", "adam"), "optimizer must be 'sgd' or 'adam'"),
+            (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.schedule in ("cosine", "step", "constant"), "schedule must be cosine, step or constant"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (0 <= self.kd_alpha <= 1, "kd_alpha must be in [0, 1]"),
+            (self.kd_temperature > 0, "kd_temperature must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid training config: {message}")
+
+
+@dataclass
+class EvalResult:
+    """Accuracy figures in percent, mean cross-entropy loss, and the confusion counts."""
+
+    top1: float
+    top5: float
+    loss: float
+    n: int
+    confusion: list[list[int]] = field(repr=False, default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainRecord:
+    """What a training run did, one entry per finished epoch."""
+
+    config: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _lr_factor(config: TrainConfig, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` (fraction of the run done, 0..1)."""
+    total = max(config.epochs, 1)
+    if config.warmup_epochs > 0 and progress * total < config.warmup_epochs:
+        return (progress * total + 1e-3) / config.warmup_epochs
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if config.schedule == "step":
+        return config.gamma ** sum(progress >= m for m in config.milestones)
+    return 1.0
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KL(teacher || student) at temperature T, scaled by T^2 to keep gradient magnitudes."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean") * t * t
+
+
+def _batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
+                teacher: nn.Module | None, loss_terms: Sequence[LossTerm]) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        kd = distillation_loss(logits, teacher_logits, config.kd_temperature)
+        loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kd
+    for term in loss_terms:
+        loss = loss + term(model)
+    return loss, logits
+
+
+def _check_finite(loss: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training diverged: loss is {loss.item()} in epoch {epoch + 1}; lower the lr")
+
+
+def _run_epoch(model, train: ImageSet, config, optimizer, epoch, teacher, loss_terms, after_step, progress):
+    model.train()
+    n_batches = train.num_batches(config.batch_size, drop_last=True)
+    if config.max_batches_per_epoch:
+        n_batches = min(n_batches, config.max_batches_per_epoch)
+    total_loss, correct, seen = 0.0, 0, 0
+    batches = train.batches(config.batch_size, shuffle=True, augment=config.augment,
+                            seed=config.seed * 1000 + epoch, drop_last=True)
+    bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    for step, (x, y) in enumerate(batches):
+        if step >= n_batches:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * _lr_factor(config, (epoch + step / n_batches) / max(config.epochs, 1))
+        x, y = x.to(config.device), y.to(config.device)
+        loss, logits = _batch_loss(model, x, y, config, teacher, loss_terms)
+        _check_finite(loss, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for hook in after_step:
+            hook(model)
+        total_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+    bar.close()
+    return total_loss / max(seen, 1), 100.0 * correct / max(seen, 1)
+
+
+def fit(model: nn.Module, train: ImageSet, config: TrainConfig, val: ImageSet | None = None,
+        teacher: nn.Module | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = False,
+        loss_terms: Sequence[LossTerm] = (), after_step: Sequence[StepHook] = (),
+        progress: bool = True) -> TrainRecord:
+    """Train ``model`` in place; checkpoint atomically after every epoch and resume from it on request."""
+    seed_everything(config.seed)
+    model.to(config.device)
+    if teacher is not None:
+        teacher.to(config.device).eval()
+    optimizer = _make_optimizer(model, config)
+    record = TrainRecord(config=asdict(config))
+    start = 0
+    if resume and checkpoint and Path(checkpoint).is_file():
+        start = _restore(checkpoint, model, optimizer, record)
+        log.info("resumed from %s after epoch %d", checkpoint, start)
+    for epoch in range(start, config.epochs):
+        began = time.perf_counter()
+        loss, acc = _run_epoch(model, train, config, optimizer, epoch, teacher, loss_terms, after_step, progress)
+        entry = {"epoch": epoch + 1, "train_loss": loss, "train_top1": acc,
+                 "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - began}
+        if val is not None:
+            result = evaluate(model, val, device=config.device)
+            entry.update(val_top1=result.top1, val_loss=result.loss)
+        record.history.append(entry)
+        log.info("epoch %d/%d %s", epoch + 1, config.epochs,
+                 " ".join(f"{k}={v:.4g}" for k, v in entry.items() if k != "epoch"))
+        if checkpoint:
+            _save_state(checkpoint, model, optimizer, record, epoch + 1)
+    model.eval()
+    return record
+
+
+def _save_state(path, model, optimizer, record: TrainRecord, epoch: int) -> None:
+    torch_save_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "history": record.history, "config": record.config}, path)
+
+
+def _restore(path, model, optimizer, record: TrainRecord) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("config") != record.config:
+        raise ValueError(f"cannot resume from {path}: it was written with a different training config")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    record.history = list(state["history"])
+    record.resumed_from_epoch = int(state["epoch"])
+    return int(state["epoch"])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256, device: str = "cpu",
+             progress: bool = False) -> EvalResult:
+    """Top-1/top-5 accuracy (percent), mean loss and confusion counts of ``model`` on ``data``."""
+    was_training = model.training
+    model.eval().to(device)
+    classes = data.info.num_classes
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    loss_sum, top5 = 0.0, 0
+    bar = tqdm(total=data.num_batches(batch_size), desc="evaluate", disable=not progress, leave=False)
+    for x, y in data.batches(batch_size):
+        logits = model(x.to(device)).float().cpu()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        confusion += torch.bincount(y * classes + logits.argmax(1), minlength=classes * classes).view(classes, classes)
+        k = min(5, logits.shape[1])
+        top5 += (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum().item()
+        bar.update(1)
+    bar.close()
+    model.train(was_training)
+    n = int(confusion.sum())
+    return EvalResult(top1=100.0 * confusion.diag().sum().item() / max(n, 1), top5=100.0 * top5 / max(n, 1),
+                      loss=loss_sum / max(n, 1), n=n, confusion=confusion.tolist())
