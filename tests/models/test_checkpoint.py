@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SHARED
 
 from cnncompress.models import CheckpointError, ModelSpec, build_model, load_model, save_checkpoint
+from conftest import SHARED
 
 
 def test_round_trip_preserves_weights_and_meta(tmp_path):

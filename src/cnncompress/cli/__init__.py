@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).debug("failure", exc_info=True)
         print(f"cnncompress {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # e.g. `cnncompress profile --json | head`: the reader left, not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"cnncompress {args.command}: interrupted", file=sys.stderr)
         return 130

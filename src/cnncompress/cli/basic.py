@@ -154,6 +154,6 @@ def run_benchmark(args: argparse.Namespace) -> int:
 def _render_benchmark(out: dict[str, Any]) -> str:
     rows = []
     for backend, report in out["latency"].items():
-        for entry in report["results"]:
-            rows.append([backend, entry["batch_size"], entry["median_ms"], entry["p10_ms"], entry["p90_ms"]])
+        for batch, entry in report["batches"].items():
+            rows.append([backend, int(batch), entry["median_ms"], entry["p10_ms"], entry["p90_ms"]])
     return format_table(rows, ["backend", "batch", "median ms", "p10 ms", "p90 ms"]) + f"\nthreads: {out['threads']}"

@@ -73,7 +73,8 @@ def dataset_name(args: argparse.Namespace, spec: ModelSpec) -> str:
 
 
 def load_split(args: argparse.Namespace, name: str, split: str) -> ImageSet:
-    return load_dataset(name, split, data_dir=getattr(args, "data_dir", None), download=getattr(args, "download", False))
+    return load_dataset(name, split, data_dir=getattr(args, "data_dir", None),
+                        download=getattr(args, "download", False))
 
 
 def input_shape(args: argparse.Namespace, spec: ModelSpec) -> tuple[int, int, int]:
@@ -132,7 +133,8 @@ def format_table(rows: list[list[Any]], header: list[str]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for j, row in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if j and _numeric(c) else c.ljust(w) for c, w in zip(row, widths)))
+        cols = zip(row, widths, strict=True)
+        lines.append("  ".join(c.rjust(w) if j and _numeric(c) else c.ljust(w) for c, w in cols))
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

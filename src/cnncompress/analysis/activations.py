@@ -1,0 +1,132 @@
+"""Peak activation memory of one inference: the SRAM an MCU-style runtime must hold at once.
+
+The model is traced with torch.fx and run node by node (``ShapeProp``) in topological order.
+Aliasing is read off the real tensors rather than guessed from op names: an output that shares
+storage with an earlier value (view, reshape, flatten, getitem, in-place ReLU, ``+=``, eval
+dropout) joins that value's buffer instead of allocating a new one. A buffer is live from the
+step that creates it until the last step that reads it or any of its aliases; the peak is the
+largest sum of live buffer sizes over all steps, the input image included. Parameters and
+module buffers are weights, not activations, and are never counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .inputs import eval_mode
+
+
+class ActivationTraceError(RuntimeError):
+    """The model could not be traced or replayed by torch.fx, so its activation peak is unknown."""
+
+
+@dataclass
+class ActivationPeak:
+    """Peak live activation bytes and the graph node (execution step) where it occurs."""
+
+    peak_bytes: int
+    peak_node: str
+    steps: int
+
+
+@dataclass
+class _Buffer:
+    elements: int
+    first: int
+    last: int
+
+
+class _NamingTracer(fx.Tracer):
+    """fx tracer that remembers the innermost module being traced when tracing fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_in: str | None = None
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = f"{self.path_of_module(m) or '<root>'} ({type(m).__name__})"
+            raise
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace ``model``; on failure raise ``ActivationTraceError`` naming the module."""
+    tracer = _NamingTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        where = tracer.failed_in or f"<root> ({type(model).__name__})"
+        raise ActivationTraceError(f"torch.fx cannot trace module {where}: {exc}") from exc
+    return fx.GraphModule(model, graph)
+
+
+class _StorageProp(ShapeProp):
+    """ShapeProp that also records which storages each node's output occupies.
+
+    Values are kept alive to the end (no garbage collection) so a freed address can never be reused
+    by a later tensor and mistaken for an alias.
+    """
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.garbage_collect_values = False
+        self.storages: dict[fx.Node, list[tuple[int, int]]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as exc:
+            reason = exc.__cause__ or exc
+            raise ActivationTraceError(f"running traced node {n.format_node()} failed: {reason}") from exc
+        found: list[tuple[int, int]] = []
+
+        def collect(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.numel() > 0:
+                storage = value.untyped_storage()
+                found.append((storage.data_ptr(), storage.nbytes() // value.element_size()))
+            return value
+
+        map_aggregate(result, collect)
+        self.storages[n] = found
+        return result
+
+
+def _buffers(gm: fx.GraphModule, storages: dict[fx.Node, list[tuple[int, int]]]) -> list[_Buffer]:
+    """Group node outputs into buffers by storage and extend each buffer's life to its last reader."""
+    weights = {t.untyped_storage().data_ptr() for t in (*gm.parameters(), *gm.buffers())}
+    by_ptr: dict[int, _Buffer] = {}
+    for step, node in enumerate(gm.graph.nodes):
+        for ptr, elements in storages.get(node, []):
+            if ptr not in weights and ptr not in by_ptr:
+                by_ptr[ptr] = _Buffer(elements, step, step)
+        for source in node.all_input_nodes:
+            for ptr, _ in storages.get(source, []):
+                if ptr in by_ptr:
+                    by_ptr[ptr].last = max(by_ptr[ptr].last, step)
+    return list(by_ptr.values())
+
+
+def peak_activation(model: nn.Module, example: torch.Tensor, act_bits: int = 32) -> ActivationPeak:
+    """Largest total of simultaneously live activations (bytes at ``act_bits``) for input ``example``."""
+    with eval_mode(model):
+        gm = trace(model)
+        prop = _StorageProp(gm)
+        prop.propagate(example)
+    buffers = _buffers(gm, prop.storages)
+    nodes = list(gm.graph.nodes)
+    best_bytes, best_step = 0, 0
+    for step in range(len(nodes)):
+        live = sum(math.ceil(b.elements * act_bits / 8) for b in buffers if b.first <= step <= b.last)
+        if live > best_bytes:
+            best_bytes, best_step = live, step
+    return ActivationPeak(best_bytes, nodes[best_step].name, len(nodes))

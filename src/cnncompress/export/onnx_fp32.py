@@ -1,0 +1,58 @@
+"""Float32 ONNX export: one self-contained file with input ``input`` (NCHW, dynamic batch), output ``logits``.
+
+Uses the torch.export-based (dynamo) exporter. The legacy TorchScript exporter is ~20x faster
+(0.1 s vs 1.6-4 s for a ResNet-20-sized net, measured on torch 2.13 CPU) but is deprecated, warns
+on every call and leaves Identity nodes behind; exports happen once per artifact, so the supported
+path wins. Its console chatter (progress prints, torchvision-op registration warnings) is silenced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from ..analysis.inputs import ExampleInput, eval_mode, model_device, one_image
+from ..utils import atomic_path
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+OPSET = 18
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's stdout prints, Python warnings and torch.onnx log records."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx_fp32(model: nn.Module, path: str | os.PathLike, example_input: ExampleInput) -> Path:
+    """Export ``model`` (in eval mode) to ``path`` atomically after ``onnx.checker`` accepts it."""
+    path = Path(path)
+    example = one_image(example_input, model_device(model))
+    batch = torch.export.Dim("batch")
+    with eval_mode(model), _quiet():
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},), opset_version=OPSET, external_data=False, verbose=False,
+        )
+    with atomic_path(path) as tmp:
+        program.save(tmp, external_data=False)
+        onnx.checker.check_model(onnx.load(tmp), full_check=True)
+    return path
