@@ -1,0 +1,112 @@
+"""The cost model predicts what the profiler measures on physically narrower models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from plan_helpers import ResDepthNet, layer_weights
+from torch import nn
+
+from cnncompress.analysis import profile
+from cnncompress.graph import build_channel_graph
+from cnncompress.models import build_model
+from cnncompress.plan import Choice, CostModel, FlashFormat, kept_channels
+
+
+def test_groups_ties_and_full_width_figures_match_the_profiler():
+    model = ResDepthNet()
+    cost = CostModel.from_model(model, (1, 8, 8), scratch_bytes=100)
+    assert cost.groups == {"conv1": 8, "conv2": 12, "fc1": 20}
+    by_name = {layer.name: layer for layer in cost.layers}
+    assert by_name["dw"].depthwise and by_name["dw"].in_group == by_name["dw"].out_group == "conv1"
+    assert by_name["conv3"].out_group == "conv2"  # tied by the residual sum
+    assert cost.group_layers("conv2") == ["conv2", "conv3"] and cost.group_layers("conv1") == ["conv1", "dw"]
+    assert by_name["fc1"].in_group == "conv2" and by_name["fc1"].in_channels == 12
+    assert by_name["conv1"].in_group is None and by_name["fc2"].out_group is None
+    measured = profile(model, (1, 8, 8), act_bits=8)
+    predicted = cost.predict(Choice(act_bits=8))
+    assert predicted.macs == measured.macs
+    assert predicted.ram_bytes == measured.peak_activation_bytes + 100
+    assert predicted.weights == layer_weights(model)
+
+
+@pytest.mark.parametrize(("widths", "act_bits"), [((4, 6, 5), 8), ((1, 3, 20), 4), ((8, 12, 1), 32)])
+def test_predictions_match_the_profile_of_a_shrunk_model(widths, act_bits):
+    full = CostModel.from_model(ResDepthNet(), (1, 8, 8))
+    keep = {"conv1": widths[0] / 8, "conv2": widths[1] / 12, "fc1": widths[2] / 20}
+    predicted = full.predict(Choice(keep=keep, act_bits=act_bits))
+    shrunk = ResDepthNet(*widths)
+    measured = profile(shrunk, (1, 8, 8), act_bits=act_bits)
+    assert (predicted.macs, predicted.ram_bytes) == (measured.macs, measured.peak_activation_bytes)
+    assert predicted.weights == layer_weights(shrunk)
+
+
+def test_zoo_model_at_half_width_matches_profile():
+    full = CostModel.from_model(build_model("digits_cnn"), (1, 8, 8))
+    half = build_model("digits_cnn", width=8)
+    predicted = full.predict(Choice(keep={g: 0.5 for g in full.groups}, act_bits=8))
+    measured = profile(half, (1, 8, 8), act_bits=8)
+    assert (predicted.macs, predicted.ram_bytes) == (measured.macs, measured.peak_activation_bytes)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("digits_cnn", (1, 8, 8)), ("lenet5", (1, 28, 28))])
+def test_groups_agree_with_the_channel_graph(name, shape):
+    model = build_model(name)
+    cost = CostModel.from_model(model, shape)
+    graph = build_channel_graph(model, shape)
+    mine = sorted(tuple(cost.group_layers(g)) for g in cost.groups)
+    assert mine == sorted(tuple(g.modules) for g in graph.groups)
+
+
+def test_option_a_resnet_keeps_residual_channels_fixed():
+    cost = CostModel.from_model(build_model("resnet20"), (3, 32, 32))
+    assert sorted(cost.groups) == sorted(f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3))
+
+
+def test_flash_of_one_layer_by_hand():
+    fmt = FlashFormat(bias_bits=32, scale_bytes=4, layer_bytes=64, fixed_bytes=1000)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+    cost = CostModel.from_model(model, (1, 4, 4), flash=fmt)
+    predicted = cost.predict(Choice(bits={"1": 4}, act_bits=8))
+    assert predicted.flash_bytes == 1000 + 160 * 4 // 8 + 10 * 4 + 10 * 4 + 64
+    float_weights = cost.predict(Choice(act_bits=8)).flash_bytes
+    assert float_weights == 1000 + 160 * 4 + 10 * 4 + 64  # no scales for float weights
+
+
+def _simulated_entries(mask: np.ndarray, index_bits: int) -> int:
+    """Relative-index coding: each stored entry holds a gap < 2**index_bits; fillers bridge longer gaps."""
+    span, entries, gap = 2**index_bits, 0, 0
+    for nonzero in mask:
+        if nonzero:
+            entries += 1
+            gap = 0
+        else:
+            gap += 1
+            if gap == span:
+                entries += 1
+                gap = 0
+    return entries
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.97])
+def test_sparse_flash_estimate_matches_simulated_coding(sparsity):
+    fmt = FlashFormat(index_bits=4)
+    rng = np.random.default_rng(0)
+    weights = 200_000
+    mask = rng.random(weights) >= sparsity
+    simulated = math.ceil(_simulated_entries(mask, 4) * (4 + 4) / 8)
+    assert fmt.weight_bytes(weights, 4, sparsity) == pytest.approx(simulated, rel=0.02)
+    assert fmt.weight_bytes(weights, 4, 0.0) == weights // 2
+
+
+def test_choice_validation():
+    cost = CostModel.from_model(ResDepthNet(), (1, 8, 8))
+    with pytest.raises(ValueError, match="unknown groups/layers"):
+        cost.predict(Choice(keep={"nope": 0.5}))
+    with pytest.raises(ValueError, match="bit widths"):
+        cost.predict(Choice(bits={"conv1": 0}))
+    with pytest.raises(ValueError, match="keep ratio"):
+        kept_channels(8, 0.0)
+    assert kept_channels(8, 0.01) == 1
