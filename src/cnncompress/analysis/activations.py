@@ -37,7 +37,9 @@ class ActivationPeak:
 
 
 @dataclass
-class _Buffer:
+class LiveBuffer:
+    """One activation storage: its size in elements and the first/last graph step it is live."""
+
     elements: int
     first: int
     last: int
@@ -101,14 +103,14 @@ class _StorageProp(ShapeProp):
         return result
 
 
-def _buffers(gm: fx.GraphModule, storages: dict[fx.Node, list[tuple[int, int]]]) -> list[_Buffer]:
+def _buffers(gm: fx.GraphModule, storages: dict[fx.Node, list[tuple[int, int]]]) -> list[LiveBuffer]:
     """Group node outputs into buffers by storage and extend each buffer's life to its last reader."""
     weights = {t.untyped_storage().data_ptr() for t in (*gm.parameters(), *gm.buffers())}
-    by_ptr: dict[int, _Buffer] = {}
+    by_ptr: dict[int, LiveBuffer] = {}
     for step, node in enumerate(gm.graph.nodes):
         for ptr, elements in storages.get(node, []):
             if ptr not in weights and ptr not in by_ptr:
-                by_ptr[ptr] = _Buffer(elements, step, step)
+                by_ptr[ptr] = LiveBuffer(elements, step, step)
         for source in node.all_input_nodes:
             for ptr, _ in storages.get(source, []):
                 if ptr in by_ptr:
@@ -116,13 +118,21 @@ def _buffers(gm: fx.GraphModule, storages: dict[fx.Node, list[tuple[int, int]]])
     return list(by_ptr.values())
 
 
-def peak_activation(model: nn.Module, example: torch.Tensor, act_bits: int = 32) -> ActivationPeak:
-    """Largest total of simultaneously live activations (bytes at ``act_bits``) for input ``example``."""
+def live_buffers(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, list[LiveBuffer]]:
+    """Trace ``model`` and run ``example`` through it: the graph and its activation buffers' lifetimes.
+
+    Node ``i`` of ``graph.nodes`` is step ``i``; the profiler and the planner's cost model share this.
+    """
     with eval_mode(model):
         gm = trace(model)
         prop = _StorageProp(gm)
         prop.propagate(example)
-    buffers = _buffers(gm, prop.storages)
+    return gm, _buffers(gm, prop.storages)
+
+
+def peak_activation(model: nn.Module, example: torch.Tensor, act_bits: int = 32) -> ActivationPeak:
+    """Largest total of simultaneously live activations (bytes at ``act_bits``) for input ``example``."""
+    gm, buffers = live_buffers(model, example)
     nodes = list(gm.graph.nodes)
     best_bytes, best_step = 0, 0
     for step in range(len(nodes)):

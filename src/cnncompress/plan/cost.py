@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..analysis.activations import _buffers, _StorageProp, trace
+from ..analysis.activations import live_buffers
 from ..analysis.cost import layer_macs
-from ..analysis.inputs import ExampleInput, eval_mode, model_device, one_image
+from ..analysis.inputs import ExampleInput, model_device, one_image
 
 FIXED = "<fixed>"  # label of channels no plan may change
 _CHANNEL_PRESERVING = (
@@ -168,17 +168,13 @@ class CostModel:
     def from_model(cls, model: nn.Module, example_input: ExampleInput, flash: FlashFormat | None = None,
                    scratch_bytes: int = 0) -> CostModel:
         """Trace ``model`` once on one image shaped like ``example_input`` and record its costs."""
-        example = one_image(example_input, model_device(model))
-        with eval_mode(model):
-            gm = trace(model)
-            prop = _StorageProp(gm)
-            prop.propagate(example)
+        gm, live = live_buffers(model, one_image(example_input, model_device(model)))
         labels = _ChannelLabels(gm)
         layers = labels.layers()
         groups = labels.group_channels(layers)
         nodes = list(gm.graph.nodes)
         buffers = [labels.buffer(nodes[b.first], b.elements, b.first, b.last, groups)
-                   for b in _buffers(gm, prop.storages)]
+                   for b in live]
         layer_names = set(labels.layer_names)
         extra = sum(_extra_param_bytes(m) for n, m in model.named_modules() if n not in layer_names)
         return cls(layers, buffers, groups, len(nodes), flash, extra, scratch_bytes)
