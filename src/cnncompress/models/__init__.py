@@ -1,6 +1,16 @@
 """Model zoo, user factories and checkpoint I/O."""
 
-from .checkpoint import CheckpointError, adopt_shapes, load_model, load_weights, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    MODULE_ATTRS_KEY,
+    CheckpointError,
+    ModuleAttrs,
+    adopt_shapes,
+    apply_module_attrs,
+    load_model,
+    load_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .lenet import DigitsCNN, LeNet5, LeNet300
 from .mobilenetv2 import MobileNetV2
 from .registry import (
@@ -16,7 +26,8 @@ from .resnet_cifar import BasicBlock, CifarResNet, PadShortcut
 from .vgg import VGG
 
 __all__ = [
-    "BasicBlock", "CheckpointError", "CifarResNet", "DigitsCNN", "LeNet5", "LeNet300", "MobileNetV2", "ModelSpec",
-    "PadShortcut", "VGG", "adopt_shapes", "build_model", "default_dataset", "default_input_shape", "load_model",
-    "load_weights", "model_names", "read_checkpoint", "register_model", "resolve_factory", "save_checkpoint",
+    "BasicBlock", "CheckpointError", "CifarResNet", "DigitsCNN", "LeNet300", "LeNet5", "MODULE_ATTRS_KEY",
+    "MobileNetV2", "ModelSpec", "ModuleAttrs", "PadShortcut", "VGG", "adopt_shapes", "apply_module_attrs",
+    "build_model", "default_dataset", "default_input_shape", "load_model", "load_weights", "model_names",
+    "read_checkpoint", "register_model", "resolve_factory", "save_checkpoint",
 ]

@@ -18,6 +18,9 @@ from .registry import ModelSpec
 
 FORMAT = "cnncompress-checkpoint"
 VERSION = 1
+#: meta key of the integer module attributes a structural change made (e.g. shortcut pad widths)
+MODULE_ATTRS_KEY = "module_attrs"
+ModuleAttrs = dict[str, dict[str, int]]
 
 
 class CheckpointError(ValueError):
@@ -113,6 +116,18 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
     return model
 
 
+def apply_module_attrs(model: nn.Module, attrs: ModuleAttrs) -> nn.Module:
+    """Replay recorded non-tensor changes (e.g. pruned shortcut pad widths) on a freshly built model."""
+    for name, values in attrs.items():
+        module = model.get_submodule(name)
+        for attr, value in values.items():
+            if not isinstance(getattr(module, attr, None), int) or not isinstance(value, int):
+                raise CheckpointError(f"cannot set {name}.{attr} = {value!r}: not an integer attribute of "
+                                      f"{type(module).__name__}")
+            setattr(module, attr, value)
+    return model
+
+
 def load_model(path: str | os.PathLike, spec: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec, dict]:
     """Rebuild the model stored in ``path`` (its own spec, else ``spec``) and load its weights."""
     ckpt = read_checkpoint(path)
@@ -121,6 +136,9 @@ def load_model(path: str | os.PathLike, spec: ModelSpec | None = None) -> tuple[
     if spec is None:
         raise CheckpointError(f"{path} is a bare state_dict: name the architecture (--model)")
     own_format = ckpt.get("format") == FORMAT
-    model = load_weights(spec.build(), ckpt["state_dict"], source=str(path), adopt=own_format)
+    model = spec.build()
+    if own_format:
+        apply_module_attrs(model, ckpt.get("meta", {}).get(MODULE_ATTRS_KEY, {}))
+    model = load_weights(model, ckpt["state_dict"], source=str(path), adopt=own_format)
     model.eval()
     return model, spec, ckpt.get("meta", {})

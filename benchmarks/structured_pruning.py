@@ -1,0 +1,334 @@
+"""Structured pruning of the shared pretrained ResNet-56 (93.39%) to 50% MACs, with every criterion.
+
+Per criterion: accuracy right after pruning and after fine-tuning (distilled from the unpruned
+model), parameters, MACs, and latency speedup (torch and onnxruntime, batch 1 and 64) against the
+unpruned model measured in the same run. Side by side, in the same run: Torch-Pruning (the
+``bench`` extra) with the same criterion and MACs target, timing graph building + pruning, the MACs
+reached (counted by the same profiler) and accuracy right after pruning. Literature rows are quoted
+from the papers, not measured. Writes ``<out>.json`` and ``<out>.md``.
+
+    python benchmarks/structured_pruning.py                  # CPU quick mode (under an hour on 2 cores)
+    python benchmarks/structured_pruning.py --device cuda    # full mode (long fine-tuning, GPU)
+    python benchmarks/structured_pruning.py --smoke          # seconds: checks the script end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnncompress.analysis import count_macs, measure_latency
+from cnncompress.data import ImageSet, load_dataset
+from cnncompress.models import ModelSpec, load_model
+from cnncompress.prune import Taylor, prune_channels
+from cnncompress.train import TrainConfig, evaluate, fit
+from cnncompress.utils import atomic_write_text, seed_everything
+
+log = logging.getLogger("structured_pruning")
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT.parent / "shared" / "pretrained" / "resnet56-4bfd9763.th"
+SHAPE = (3, 32, 32)
+CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "taylor", "random")
+TAYLOR_BATCHES = 8
+# Residual-stream layers of the option-A ResNet: kept whole in the side-by-side setting, because
+# Torch-Pruning cannot rewrite the shortcut's constant channel padding (see ``torch_pruning_default``).
+RESIDUAL_STREAM = ("conv1", "layer*.conv2", "linear")
+
+LITERATURE = [  # ResNet-56 on CIFAR-10 as reported by the papers (not measured here)
+    {"method": "HRank (Lin et al., CVPR 2020)", "baseline_top1": 93.26, "pruned_top1": 93.17,
+     "macs_reduction": "50.0% fewer FLOPs"},
+    {"method": "FPGM (He et al., CVPR 2019)", "baseline_top1": None, "pruned_top1": None,
+     "macs_reduction": "1.70x (-0.33 pt accuracy)"},
+    {"method": "DepGraph (Fang et al., CVPR 2023)", "baseline_top1": 93.53, "pruned_top1": 93.77,
+     "macs_reduction": "2.13x"},
+]
+
+
+@dataclass(frozen=True)
+class Mode:
+    epochs: int
+    max_batches: int | None  # fine-tuning batches per epoch (None: the whole training set)
+    batch_size: int
+    lr: float
+    test_images: int | None  # stratified test subset (None: all 10,000)
+    repeats: int  # latency repeats per batch size
+    criteria: tuple[str, ...] = CRITERIA
+
+
+MODES = {
+    "quick": Mode(epochs=1, max_batches=60, batch_size=128, lr=0.01, test_images=2000, repeats=15),
+    "full": Mode(epochs=60, max_batches=None, batch_size=128, lr=0.02, test_images=None, repeats=50),
+    "smoke": Mode(epochs=1, max_batches=2, batch_size=32, lr=0.01, test_images=200, repeats=3, criteria=("l1",)),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=sorted(MODES), help="default: full with --device cuda, else quick")
+    p.add_argument("--smoke", action="store_true", help="same as --mode smoke")
+    p.add_argument("--device", default="cpu", help="training/evaluation device (cpu or cuda)")
+    p.add_argument("--criteria", help=f"comma-separated subset of {','.join(CRITERIA)}")
+    p.add_argument("--target-macs", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, help="override the mode's fine-tuning epochs")
+    p.add_argument("--weights", default=str(WEIGHTS))
+    p.add_argument("--data-dir", help="folder with CIFAR-10 (default: the library's search path)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output prefix (default results/structured_pruning; runs/... for --smoke)")
+    args = p.parse_args(argv)
+    args.mode = "smoke" if args.smoke else args.mode or ("full" if args.device.startswith("cuda") else "quick")
+    mode = MODES[args.mode]
+    if args.criteria:
+        unknown = set(args.criteria.split(",")) - set(CRITERIA)
+        if unknown:
+            p.error(f"unknown criteria {sorted(unknown)}")
+        mode = replace(mode, criteria=tuple(args.criteria.split(",")))
+    if args.epochs is not None:
+        mode = replace(mode, epochs=args.epochs)
+    args.settings = mode
+    default_out = ROOT / ("runs/structured_pruning_smoke" if args.mode == "smoke" else "results/structured_pruning")
+    args.out = Path(args.out) if args.out else default_out
+    return args
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def latency(model: nn.Module, mode: Mode, device: str) -> dict[str, dict[str, float]]:
+    """Median ms per batch for torch (on ``device``) and onnxruntime (CPU), batch 1 and 64."""
+    out = {}
+    for backend in ("torch", "onnxruntime"):
+        on = copy.deepcopy(model).to(device if backend == "torch" else "cpu").eval()
+        report = measure_latency(on, SHAPE, batch_sizes=(1, 64), backend=backend, repeats=mode.repeats)
+        out[backend] = {str(bs): b.median_ms for bs, b in report.batches.items()}
+    return out
+
+
+def speedup(base: dict[str, dict[str, float]], pruned: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {backend: {bs: base[backend][bs] / ms for bs, ms in times.items()} for backend, times in pruned.items()}
+
+
+def top1(model: nn.Module, test: ImageSet, device: str) -> float:
+    result = evaluate(model, test, device=device)
+    model.cpu()
+    return result.top1
+
+
+def costs(model: nn.Module) -> dict[str, int]:
+    return {"macs": count_macs(model, SHAPE), "params": sum(p.numel() for p in model.parameters())}
+
+
+def taylor_batches(train: ImageSet, n: int = TAYLOR_BATCHES) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The same labelled batches for both tools' Taylor criterion."""
+    batches = []
+    for x, y in train.batches(64, shuffle=True, seed=0):
+        batches.append((x, y))
+        if len(batches) == n:
+            break
+    return batches
+
+
+# ------------------------------------------------------------------------------------ cnncompress
+def run_criterion(criterion: str, base: nn.Module, train: ImageSet, test: ImageSet, args, base_latency):
+    mode: Mode = args.settings
+    importance = Taylor(TAYLOR_BATCHES) if criterion == "taylor" else criterion
+    data = taylor_batches(train) if criterion == "taylor" else None
+    began = time.perf_counter()
+    pruned, record = prune_channels(base, SHAPE, target_macs=args.target_macs, criterion=importance, data=data,
+                                    return_record=True)
+    prune_seconds = time.perf_counter() - began
+    row: dict[str, Any] = {"criterion": criterion, "prune_seconds": prune_seconds, "ratio": record.ratio,
+                           "search_steps": len(record.search), **costs(pruned),
+                           "macs_fraction": record.macs_fraction, "params_fraction": record.params_fraction,
+                           "top1_pruned": top1(pruned, test, args.device)}
+    config = TrainConfig(epochs=mode.epochs, batch_size=mode.batch_size, lr=mode.lr, seed=args.seed,
+                         device=args.device, max_batches_per_epoch=mode.max_batches)
+    began = time.perf_counter()
+    fit(pruned, train, config, teacher=copy.deepcopy(base), progress=sys.stderr.isatty())
+    row["finetune_seconds"] = time.perf_counter() - began
+    row["top1_finetuned"] = top1(pruned, test, args.device)
+    row["latency_ms"] = latency(pruned, mode, args.device)
+    row["speedup"] = speedup(base_latency, row["latency_ms"])
+    log.info("%s: %s", criterion, {k: v for k, v in row.items() if not isinstance(v, dict)})
+    return row
+
+
+# --------------------------------------------------------------------------------- Torch-Pruning
+def tp_importance(tp, criterion: str):
+    imp = tp.importance
+    return {"l1": lambda: imp.MagnitudeImportance(p=1), "l2": lambda: imp.MagnitudeImportance(p=2),
+            "fpgm": imp.FPGMImportance, "bn_scale": imp.BNScaleImportance, "taylor": imp.TaylorImportance,
+            "random": imp.RandomImportance}[criterion]()
+
+
+def tp_prune(tp, base: nn.Module, criterion: str, ratio: float, batches, ignore_residual: bool) -> nn.Module:
+    """One Torch-Pruning run at ``ratio`` on a copy of ``base``: build its graph, score, prune."""
+    model = copy.deepcopy(base).eval()
+    ignored = [model.get_submodule(n) for n, _ in model.named_modules()
+               if ignore_residual and _is_residual(n)] or [model.linear]
+    if criterion == "taylor":
+        model.zero_grad()
+        for x, y in batches:
+            F.cross_entropy(model(x), y).backward()
+    pruner = tp.pruner.MetaPruner(model, torch.randn(1, *SHAPE), importance=tp_importance(tp, criterion),
+                                  pruning_ratio=ratio, ignored_layers=ignored)
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def ours_prune(base: nn.Module, criterion: str, ratio: float, batches) -> nn.Module:
+    """cnncompress at ``ratio`` in the side-by-side setting (residual stream kept)."""
+    importance = Taylor(TAYLOR_BATCHES) if criterion == "taylor" else criterion
+    return prune_channels(base, SHAPE, ratio=ratio, criterion=importance, data=batches, exclude=RESIDUAL_STREAM)
+
+
+def _is_residual(name: str) -> bool:
+    return any(fnmatchcase(name, p) for p in RESIDUAL_STREAM)
+
+
+def bisect_ratio(prune_at, base_macs: int, target: float, steps: int = 25) -> tuple[float, nn.Module, int]:
+    """Bisect a prune ratio until MACs are within 2% of ``target``: the same search for both tools."""
+    lo, hi, best, tries = 0.0, 0.95, None, 0
+    while tries < steps:
+        tries += 1
+        mid = (lo + hi) / 2
+        model = prune_at(mid)
+        got = count_macs(model, SHAPE) / base_macs
+        if best is None or abs(got - target) < abs(best[2] - target):
+            best = (mid, model, got)
+        if abs(got / target - 1) <= 0.02:
+            break
+        lo, hi = (mid, hi) if got > target else (lo, mid)
+    return best[0], best[1], tries
+
+
+def side_by_side(base: nn.Module, train: ImageSet, test: ImageSet, args) -> dict[str, Any]:
+    """Both tools, residual stream kept, same criterion and MACs target; timed graph+prune at the found ratio."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return {"error": "torch-pruning is not installed: pip install -c constraints.txt -e '.[bench]'"}
+    base_macs = count_macs(base, SHAPE)
+    rows = []
+    for criterion in args.settings.criteria:
+        batches = taylor_batches(train) if criterion == "taylor" else None
+        tools = {
+            "torch-pruning": lambda r, c=criterion, b=batches: tp_prune(tp, base, c, r, b, ignore_residual=True),
+            "cnncompress": lambda r, c=criterion, b=batches: ours_prune(base, c, r, b),
+        }
+        for tool, prune_at in tools.items():
+            began = time.perf_counter()
+            ratio, _, tries = bisect_ratio(prune_at, base_macs, args.target_macs)
+            search = time.perf_counter() - began
+            began = time.perf_counter()
+            model = prune_at(ratio)
+            seconds = time.perf_counter() - began
+            rows.append({"tool": tool, "criterion": criterion, "ratio": ratio, "graph_and_prune_seconds": seconds,
+                         "search_seconds": search, "search_steps": tries,
+                         "macs_fraction": count_macs(model, SHAPE) / base_macs,
+                         "top1_pruned": top1(model, test, args.device)})
+            log.info("side by side: %s", rows[-1])
+    return {"version": tp.__version__, "setting": f"residual stream kept whole ({', '.join(RESIDUAL_STREAM)}); "
+            "uniform ratio bisected to the MACs target by the same search for both tools",
+            "rows": rows, "torch_pruning_default": torch_pruning_default(tp, base)}
+
+
+def torch_pruning_default(tp, base: nn.Module) -> str:
+    """What Torch-Pruning does to the option-A ResNet when the residual stream is not protected."""
+    try:
+        model = tp_prune(tp, base, "l1", 0.3, None, ignore_residual=False)
+        model(torch.randn(2, *SHAPE))
+    except Exception as exc:  # report, don't hide, the third-party failure
+        return f"fails: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return "runs"
+
+
+# --------------------------------------------------------------------------------------- reporting
+def environment(args) -> dict[str, Any]:
+    return {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+            "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(), "device": args.device,
+            "cuda_device": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+
+
+def render(result: dict[str, Any]) -> str:
+    s, base = result["settings"], result["baseline"]
+    lines = [f"# Structured pruning: ResNet-56 at {s['target_macs']:.0%} MACs ({result['mode']} mode)", "",
+             f"Measured {result['environment']['utc']} on {result['environment']['device']} "
+             f"(torch {result['environment']['torch']}, {result['environment']['torch_threads']} threads). "
+             f"Fine-tuning: {s['epochs']} epoch(s) x {s['max_batches'] or 'all'} batches of {s['batch_size']}, "
+             f"lr {s['lr']}, distilled from the unpruned model; accuracy on {s['test_images']} CIFAR-10 test "
+             "images (stratified subset unless 10000). Latency: median ms of the unpruned model, speedup "
+             f"(unpruned / pruned) for the others; onnxruntime on CPU. Criteria run: {', '.join(s['criteria'])}. "
+             "'prune s' includes the bisection to the MACs target.", "",
+             "| criterion | prune s | MACs (M) | MACs x | params (M) | top-1 pruned | top-1 fine-tuned | "
+             "torch b1 | torch b64 | ort b1 | ort b64 |", "|---|" + "---:|" * 10,
+             f"| unpruned | - | {base['macs'] / 1e6:.1f} | 1.00 | {base['params'] / 1e6:.3f} | {base['top1']:.2f} | - "
+             + "".join(f"| {base['latency_ms'][b][k]:.2f} ms " for b in ("torch", "onnxruntime") for k in ("1", "64"))
+             + "|"]
+    for r in result["criteria"]:
+        lines.append(f"| {r['criterion']} | {r['prune_seconds']:.2f} | {r['macs'] / 1e6:.1f} | "
+                     f"{base['macs'] / r['macs']:.2f} | {r['params'] / 1e6:.3f} | {r['top1_pruned']:.2f} | "
+                     f"{r['top1_finetuned']:.2f} "
+                     + "".join(f"| {r['speedup'][b][k]:.2f}x " for b in ("torch", "onnxruntime") for k in ("1", "64"))
+                     + "|")
+    sbs = result["side_by_side"]
+    lines += ["", "## Side by side with Torch-Pruning (same run, same criterion, same MACs target)", ""]
+    if "error" in sbs:
+        lines.append(sbs["error"])
+    else:
+        lines += [f"Torch-Pruning {sbs['version']}. Setting: {sbs['setting']}. Torch-Pruning on the option-A "
+                  f"ResNet with default settings: {sbs['torch_pruning_default']}.", "",
+                  "| tool | criterion | graph + prune s | search s (steps) | MACs fraction | top-1 pruned |",
+                  "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['tool']} | {r['criterion']} | {r['graph_and_prune_seconds']:.3f} | "
+                  f"{r['search_seconds']:.2f} ({r['search_steps']}) | {r['macs_fraction']:.3f} | "
+                  f"{r['top1_pruned']:.2f} |"
+                  for r in sbs["rows"]]
+    lines += ["", "## Literature (reported by the papers, not measured here)", "",
+              "| method | baseline top-1 | pruned top-1 | reduction |", "|---|---:|---:|---|"]
+    lines += [f"| {r['method']} | {r['baseline_top1'] or '-'} | {r['pruned_top1'] or '-'} | {r['macs_reduction']} |"
+              for r in LITERATURE]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    mode: Mode = args.settings
+    seed_everything(args.seed)
+    base, _, _ = load_model(args.weights, ModelSpec("resnet56"))
+    train = load_dataset("cifar10", "train", data_dir=args.data_dir)
+    test = load_dataset("cifar10", "test", data_dir=args.data_dir)
+    if mode.test_images:
+        test = test.take(mode.test_images, seed=args.seed)
+    baseline = {**costs(base), "top1": top1(base, test, args.device), "latency_ms": latency(base, mode, args.device)}
+    log.info("baseline: %s", baseline)
+    rows = [run_criterion(c, base, train, test, args, baseline["latency_ms"]) for c in mode.criteria]
+    result = {"benchmark": "structured_pruning", "mode": args.mode, "environment": environment(args),
+              "settings": {**mode.__dict__, "target_macs": args.target_macs, "seed": args.seed,
+                           "test_images": len(test), "weights": Path(args.weights).name,
+                           "taylor_batches": TAYLOR_BATCHES},
+              "baseline": baseline, "criteria": rows, "side_by_side": side_by_side(base, train, test, args),
+              "literature": LITERATURE}
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out.with_suffix(".md"), render(result))
+    log.info("wrote %s.{json,md}", args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
