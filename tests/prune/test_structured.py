@@ -105,10 +105,11 @@ def test_checkpoint_round_trip_rebuilds_pruned_resnet(tmp_path):
     model = build_model("resnet20").eval()
     x = torch.randn(2, 3, 32, 32)
     pruned, record = prune_channels(model, x, ratio=0.4, criterion="fpgm", return_record=True)
-    path = save_checkpoint(tmp_path / "r20.pt", pruned, ModelSpec("resnet20"),
-                           **{MODULE_ATTRS_KEY: record.module_attrs})
+    path = save_checkpoint(tmp_path / "r20.pt", pruned, ModelSpec("resnet20"))
     loaded, spec, meta = load_model(path)
-    assert spec.factory == "resnet20" and meta[MODULE_ATTRS_KEY] == record.module_attrs
+    assert spec.factory == "resnet20"
+    for name, attrs in record.module_attrs.items():  # the changed pads are among the saved structure
+        assert meta[MODULE_ATTRS_KEY][name] == attrs
     torch.testing.assert_close(loaded(x), pruned.eval()(x), rtol=0, atol=0)
     assert loaded.layer3[0].shortcut.pad_before == pruned.layer3[0].shortcut.pad_before
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..graph import build_channel_graph, format_group
-from ..models import MODULE_ATTRS_KEY, save_checkpoint
+from ..models import save_checkpoint
 from ..prune import StructuredPruner, TargetNotReached, Taylor
 from ..prune.importance import CRITERIA
 from ..prune.structured_alloc import AllocationRule
@@ -114,8 +114,7 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.output:
         top1 = out.get("finetuned", out["pruned"])["top1"]
         save_checkpoint(args.output, pruned, spec, dataset=name, top1=top1,
-                        pruning={k: out[k] for k in ("criterion", "allocation", "before", "pruned")},
-                        **{MODULE_ATTRS_KEY: record.module_attrs})
+                        pruning={k: out[k] for k in ("criterion", "allocation", "before", "pruned")})
         out["output"] = args.output
     emit(args, out, _render)
     return 0

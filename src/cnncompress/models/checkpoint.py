@@ -27,8 +27,20 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be loaded into the requested architecture."""
 
 
+def structural_attrs(model: nn.Module) -> ModuleAttrs:
+    """Integer attributes modules declare in ``STRUCTURAL_ATTRS`` (e.g. ``PadShortcut`` pad widths).
+
+    They shape the computation without being tensors, so checkpoints record them next to the weights.
+    """
+    return {name: {attr: int(getattr(module, attr)) for attr in module.STRUCTURAL_ATTRS}
+            for name, module in model.named_modules() if getattr(module, "STRUCTURAL_ATTRS", ())}
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, **meta: Any) -> Path:
-    """Atomically save ``model``'s weights with its spec and JSON-able ``meta``."""
+    """Atomically save ``model``'s weights with its spec, structural attributes and JSON-able ``meta``."""
+    attrs = structural_attrs(model)
+    if attrs:
+        meta = {MODULE_ATTRS_KEY: attrs, **meta}
     payload = {"format": FORMAT, "version": VERSION, "spec": spec.to_dict(),
                "state_dict": model.state_dict(), "meta": meta}
     torch_save_atomic(payload, path)

@@ -15,7 +15,10 @@ class PadShortcut(nn.Module):
     """Option-A shortcut: subsample by 2 and zero-pad channels ``before``/``after``.
 
     It has no weights; the padded zeros carry no input channel, which the channel graph relies on.
+    Pruning changes the pad widths, so they are structural attributes saved with checkpoints.
     """
+
+    STRUCTURAL_ATTRS = ("pad_before", "pad_after")
 
     def __init__(self, pad_before: int, pad_after: int, stride: int = 2) -> None:
         super().__init__()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cnncompress.models import ModelSpec
-from cnncompress.pipeline import RunDirectory, Stage
+from cnncompress.rundir import RunDirectory, Stage
 
 SPEC = ModelSpec("lenet300")
 

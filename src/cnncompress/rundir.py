@@ -1,4 +1,4 @@
-"""Run compression stages in a run directory, checkpointing each so an interrupted run resumes.
+"""Run directories: one checkpoint per finished stage, so an interrupted run resumes.
 
 Every stage maps a model to a model plus a JSON-able summary. After a stage finishes, its model is
 saved (atomically) and the run manifest lists it as done; ``resume=True`` skips finished stages by
