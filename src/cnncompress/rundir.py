@@ -59,6 +59,7 @@ class RunDirectory:
         self.path = Path(path)
         self.spec = spec
         self.path.mkdir(parents=True, exist_ok=True)
+        config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
         manifest = self.path / MANIFEST
         self.records: list[StageRecord] = []
         if manifest.is_file():

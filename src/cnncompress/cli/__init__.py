@@ -15,7 +15,7 @@ from .. import __version__
 from .common import EXIT_ERROR, CLIError, add_common, setup_logging
 
 # Each module has register(subparsers); adding a command means adding its module here.
-COMMAND_MODULES = ("basic",)
+COMMAND_MODULES = ("basic", "prune", "encode", "quantize", "compress")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,185 @@
+"""``compress`` (budget-driven) and ``demo`` (the README's main job) commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..analysis import profile
+from ..data import ImageSet
+from ..models import ModelSpec, load_model, save_checkpoint
+from ..pipeline import BudgetInfeasible, CompressionResult, CompressOptions, compress
+from ..plan.cli_args import add_budget_args, budget_from_args
+from ..plan.units import format_bytes, format_count
+from ..train import TrainConfig, fit
+from .common import (
+    EXIT_INFEASIBLE,
+    CLIError,
+    add_data_args,
+    add_model_args,
+    dataset_name,
+    emit,
+    format_table,
+    load_split,
+    resolve_model,
+    show_progress,
+)
+
+#: held-out validation images taken from the training split, per dataset
+VALIDATION_IMAGES = {"digits": 300, "mnist": 5000, "fashion-mnist": 5000, "cifar10": 5000}
+
+
+def register(sub: argparse._SubParsersAction, add_common) -> None:
+    p = sub.add_parser("compress", help="plan, prune, quantize, export and verify a model against a device budget")
+    add_model_args(p, weights_required=False)
+    add_data_args(p)
+    add_budget_args(p)
+    add_stage_args(p)
+    p.add_argument("--output", required=True, help="run directory (checkpoints, plan, artifacts, report)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    add_common(p)
+    p.set_defaults(handler=run_compress)
+
+    p = sub.add_parser("demo", help="train a small CNN and compress it to a tight budget (digits by default)")
+    p.add_argument("--dataset", default="digits", choices=("digits", "mnist", "fashion-mnist"))
+    p.add_argument("--data-dir", help="folder with the dataset files (else $CNNCOMPRESS_DATA, ../shared/data)")
+    p.add_argument("--output", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--flash", default=None, help="flash limit (default: a tenth of the trained model's fp32 size)")
+    p.add_argument("--ram", default=None, help="RAM limit (default: a quarter of its fp32 activation peak)")
+    p.add_argument("--max-accuracy-drop", default="1.0")
+    p.add_argument("--resume", action="store_true")
+    add_common(p)
+    p.set_defaults(handler=run_demo)
+
+
+def add_stage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs after pruning")
+    p.add_argument("--qat-epochs", type=int, default=2, help="QAT epochs when PTQ loses more than allowed")
+    p.add_argument("--max-batches", type=int, help="cap batches per epoch (quick runs)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (SGD)")
+    p.add_argument("--sensitivity-images", type=int, default=1000)
+    p.add_argument("--criterion", default="l1", help="channel importance: l1, l2, fpgm, bn_scale, random")
+    p.add_argument("--max-rounds", type=int, default=3, help="plan-run-verify rounds when a limit is missed")
+    p.add_argument("--train-device", default="cpu", help="torch device for training: cpu or cuda")
+
+
+def options_from_args(args: argparse.Namespace) -> CompressOptions:
+    return CompressOptions(finetune_epochs=args.finetune_epochs, qat_epochs=args.qat_epochs, lr=args.lr,
+                           batch_size=args.batch_size, max_batches_per_epoch=args.max_batches,
+                           sensitivity_images=args.sensitivity_images, criterion=args.criterion,
+                           max_rounds=args.max_rounds, device=args.train_device)
+
+
+def split_train_val(train: ImageSet) -> tuple[ImageSet, ImageSet]:
+    """Hold out a seeded validation subset of the training split (the test split stays unseen)."""
+    return train.split(VALIDATION_IMAGES.get(train.info.name, len(train) // 10), seed=0)
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    model, spec = resolve_model(args)
+    device, budget = budget_from_args(args)
+    name = dataset_name(args, spec)
+    train, val = split_train_val(load_split(args, name, "train"))
+    test = load_split(args, name, "test")
+    result = _compress(model, spec, budget, device, train, val, test, args, options_from_args(args))
+    emit(args, _summary(result), _render)
+    return 0 if result.fits else EXIT_INFEASIBLE
+
+
+def _compress(model, spec, budget, device, train, val, test, args, options) -> CompressionResult:
+    try:
+        return compress(model, budget, train, val, test, device, output_dir=args.output, spec=spec,
+                        options=options, resume=args.resume, progress=show_progress(args))
+    except BudgetInfeasible as exc:
+        raise CLIError(str(exc), EXIT_INFEASIBLE) from exc
+    except FileExistsError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _summary(result: CompressionResult) -> dict[str, Any]:
+    out = result.to_dict()
+    out["before_after"] = _figures(result)
+    return out
+
+
+def _figures(result: CompressionResult) -> list[dict[str, Any]]:
+    measured = result.verification.measured
+    limits = result.verification.budget.limits()
+    rows = [("flash_bytes", measured.flash_bytes), ("ram_bytes", measured.ram_bytes), ("macs", measured.macs),
+            ("latency_ms", measured.latency_ms)]
+    return [{"figure": key, "limit": limits.get(key), "measured": value,
+             "fits": None if key not in limits or value is None else value <= limits[key]} for key, value in rows]
+
+
+def _show(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if key.endswith("_bytes"):
+        return format_bytes(value)
+    if key == "macs":
+        return format_count(value)
+    return f"{value:.3f} ms"
+
+
+def _render(out: dict[str, Any]) -> str:
+    rows = [[f["figure"], _show(f["figure"], f["limit"]), _show(f["figure"], f["measured"]),
+             {True: "yes", False: "NO", None: "-"}[f["fits"]]] for f in out["before_after"]]
+    table = format_table(rows, ["figure", "limit", "measured", "fits"])
+    misses = "; ".join(m["message"] for m in out["verification"]["misses"])
+    lines = [table, "",
+             f"top-1: original {out['baseline_top1']:.2f}%  ->  compressed {out['top1']:.2f}% (simulated), "
+             f"{out['onnx_top1']:.2f}% (onnxruntime int8)",
+             "FITS the budget" if out["fits"] else f"DOES NOT FIT: {misses}",
+             f"report: {out['paths'].get('report_html', '-')}"]
+    return "\n".join(lines)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Train the digits CNN (or LeNet-5 on MNIST) and compress it to a tenth of its size."""
+    spec = ModelSpec("digits_cnn") if args.dataset == "digits" else ModelSpec("lenet5")
+    out = Path(args.output)
+    train_all = load_split(args, args.dataset, "train")
+    train, val = split_train_val(train_all)
+    test = load_split(args, args.dataset, "test")
+    model = _trained_baseline(spec, train, out / "baseline.pt", args)
+    before = profile(model, train.info.input_shape)
+    flash = args.flash or f"{before.weight_bytes // 10}B"
+    ram = args.ram or f"{before.peak_activation_bytes // 4}B"
+    budget_args = argparse.Namespace(device=None, flash=flash, ram=ram, macs=None, latency=None,
+                                     max_accuracy_drop=args.max_accuracy_drop)
+    device, budget = budget_from_args(budget_args)
+    epochs = 10 if args.dataset == "digits" else 2
+    options = CompressOptions(finetune_epochs=epochs, qat_epochs=epochs, batch_size=64, lr=0.02,
+                              sensitivity_images=len(val))
+    result = _compress(model, spec, budget, device, train, val, test, argparse.Namespace(
+        output=str(out / "compress"), resume=args.resume, quiet=args.quiet, json=args.json), options)
+    summary = _summary(result)
+    summary["before"] = {"flash_bytes": before.weight_bytes, "ram_bytes": before.peak_activation_bytes,
+                         "macs": before.macs, "params": before.params}
+    emit(args, summary, _render_demo)
+    return 0 if result.fits else EXIT_INFEASIBLE
+
+
+def _trained_baseline(spec: ModelSpec, train: ImageSet, path: Path, args: argparse.Namespace):
+    """Train the demo's starting model once; a rerun reuses the checkpoint."""
+    if path.is_file():
+        return load_model(path)[0]
+    model = spec.build()
+    epochs = 30 if train.info.name == "digits" else 3
+    fit(model, train, TrainConfig(epochs=epochs, batch_size=64, lr=0.05), progress=show_progress(args))
+    save_checkpoint(path, model, spec, dataset=train.info.name)
+    return model.eval()
+
+
+def _render_demo(out: dict[str, Any]) -> str:
+    before = out["before"]
+    rows = [[f["figure"], _show(f["figure"], before.get(f["figure"])), _show(f["figure"], f["limit"]),
+             _show(f["figure"], f["measured"]), {True: "yes", False: "NO", None: "-"}[f["fits"]]]
+            for f in out["before_after"] if f["figure"] != "latency_ms"]
+    rows.append(["top-1 %", f"{out['baseline_top1']:.2f}", "-", f"{out['onnx_top1']:.2f}", "-"])
+    header = ["figure", "before (fp32)", "limit", "after (measured)", "fits"]
+    verdict = "FITS the budget" if out["fits"] else "does NOT fit the budget"
+    return (format_table(rows, header) + f"\n\n{verdict}; report: {out['paths'].get('report_html', '-')}")
+

@@ -1,0 +1,302 @@
+"""``compress()``: plan pruning and bit widths from a budget, run the stages, verify what was written.
+
+Flow (each stage checkpointed in the run directory, so ``resume=True`` continues an interrupted run)::
+
+    baseline -> cost model + sensitivity (cached) -> plan (or Infeasible)
+      -> prune channels -> fine-tune (distilled from the original) -> PTQ at the planned bits
+      -> QAT when the drop exceeds the tolerance -> export (.cnnc deployable + ONNX QDQ) -> verify
+
+If a measured figure misses its limit, the budget handed to the planner is tightened by the
+measured prediction error and the stages run again (at most ``max_rounds`` times).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .analysis import profile
+from .data import ImageSet
+from .export import OnnxRuntimeModule, export_onnx
+from .models import ModelSpec
+from .plan import (
+    Budget,
+    CostModel,
+    DeviceProfile,
+    Infeasible,
+    Plan,
+    PlanOptions,
+    SensitivityTable,
+    Verification,
+    measure_artifacts,
+    measure_sensitivity,
+    plan,
+    tighten,
+    verify,
+)
+from .plan.sensitivity import Delta
+from .prune import prune_channels
+from .quant import load_quantized, qat, quantize, save_quantized
+from .quant.deployable import write_deployable
+from .quant import sensitivity as bits_sensitivity
+from .report import RunReport, figure_rows, layer_rows_from_plan, write_report
+from .rundir import RunDirectory, Stage
+from .train import TrainConfig, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+class BudgetInfeasible(ValueError):
+    """The budget cannot be met by any allowed setting; ``result`` names the binding constraint."""
+
+    def __init__(self, result: Infeasible) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """How hard the stages work. Defaults suit small models on a CPU; raise epochs on a GPU."""
+
+    finetune_epochs: int = 3
+    qat_epochs: int = 2
+    lr: float = 0.01
+    qat_lr: float = 1e-4
+    batch_size: int = 128
+    max_batches_per_epoch: int | None = None
+    sensitivity_images: int = 1000
+    prune_options: tuple[float, ...] = (0.25, 0.5, 0.75)
+    criterion: str = "l1"
+    calibration: str = "mse"
+    calib_images: int = 512
+    max_rounds: int = 3
+    weight_bits: tuple[int, ...] | None = None  # default: the device's, else (2, 3, 4, 5, 6, 8)
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.finetune_epochs < 0 or self.qat_epochs < 0:
+            raise ValueError("epochs must be >= 0")
+        if self.max_rounds < 1:
+            raise ValueError("max_rounds must be >= 1")
+        if not all(0 < r < 1 for r in self.prune_options):
+            raise ValueError(f"prune options must be fractions in (0, 1), got {self.prune_options}")
+
+
+@dataclass
+class CompressionResult:
+    """The compressed (simulated-quantized) model, its plan, what was measured and where it was written."""
+
+    model: nn.Module
+    plan: Plan
+    verification: Verification
+    baseline_top1: float
+    top1: float
+    onnx_top1: float | None
+    paths: dict[str, Path]
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.verification.fits
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fits": self.fits, "baseline_top1": self.baseline_top1, "top1": self.top1,
+                "onnx_top1": self.onnx_top1, "verification": self.verification.to_dict(),
+                "plan": self.plan.to_dict(), "paths": {k: str(v) for k, v in self.paths.items()},
+                "stages": self.stages}
+
+
+def _evaluator(data: ImageSet, device: str) -> Callable[[nn.Module], tuple[float, float]]:
+    def run(model: nn.Module) -> tuple[float, float]:
+        result = evaluate(model, data, device=device)
+        return result.loss, result.top1
+    return run
+
+
+def measure_plan_sensitivity(model: nn.Module, cost: CostModel, val: ImageSet, options: CompressOptions,
+                             bits: tuple[int, ...], cache: Path, progress: bool) -> SensitivityTable:
+    """Per channel group: pruned at each option; per layer: weights at each bit width (cached)."""
+    shape = val.info.input_shape
+    probe = val.take(min(options.sensitivity_images, len(val)), seed=options.seed)
+
+    def prune_group(copy_: nn.Module, group: str, ratio: float) -> nn.Module:
+        per_layer = {layer: ratio for layer in cost.group_layers(group)}
+        return prune_channels(copy_, shape, ratio=0.0, per_layer=per_layer, criterion=options.criterion)
+
+    table = measure_sensitivity(model, sorted(cost.groups), _evaluator(probe, options.device), prune_group,
+                                options.prune_options, kind="prune", cache=cache, progress=progress)
+    if not table.entries("bits"):
+        quant = bits_sensitivity(model, probe, bits=bits)
+        for layer, per_bits in quant.layers.items():
+            for b, entry in per_bits.items():
+                table.add("bits", layer, b, Delta(entry.delta_loss, entry.delta_top1))
+        table.save(cache)
+    return table
+
+
+def _train_config(options: CompressOptions, epochs: int, lr: float, optimizer: str = "sgd") -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=options.batch_size, lr=lr, optimizer=optimizer,
+                       weight_decay=5e-4 if optimizer == "sgd" else 0.0, seed=options.seed, device=options.device,
+                       max_batches_per_epoch=options.max_batches_per_epoch)
+
+
+class _Stages:
+    """The stages of one round, closed over the data, the plan and the original model (the teacher)."""
+
+    def __init__(self, original: nn.Module, spec: ModelSpec, the_plan: Plan, train: ImageSet, val: ImageSet,
+                 options: CompressOptions, budget: Budget, progress: bool) -> None:
+        self.original, self.spec, self.plan = original, spec, the_plan
+        self.train, self.val, self.options, self.budget, self.progress = train, val, options, budget, progress
+        self.shape = train.info.input_shape
+
+    def prune(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        ratios = self.plan.prune_ratios()
+        if not ratios:
+            return model, {"pruned": False}
+        pruned, record = prune_channels(model, self.shape, ratio=0.0, per_layer=ratios,
+                                        criterion=self.options.criterion, return_record=True)
+        return pruned, {"pruned": True, "macs_before": record.macs_before, "macs_after": record.macs_after,
+                        "params_before": record.params_before, "params_after": record.params_after}
+
+    def finetune(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        epochs = self.options.finetune_epochs if self.plan.prune_ratios() else 0
+        if epochs:
+            config = _train_config(self.options, epochs, self.options.lr)
+            fit(model, self.train, config, teacher=self.original, progress=self.progress)
+        return model, {"epochs": epochs, "val_top1": evaluate(model, self.val, device=self.options.device).top1}
+
+    def quantize(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        calib = self.train.take(min(self.options.calib_images, len(self.train)), seed=self.options.seed)
+        choice = self.plan.choice
+        qmodel = quantize(model, calib, weight_bits=8, act_bits=choice.act_bits, layer_bits=dict(choice.bits),
+                          calibration=self.options.calibration)
+        return qmodel, {"val_top1": evaluate(qmodel, self.val, device=self.options.device).top1,
+                        "layer_bits": dict(choice.bits), "act_bits": choice.act_bits}
+
+    def qat(self, qmodel: nn.Module, reference_top1: float) -> tuple[nn.Module, dict[str, Any]]:
+        before = evaluate(qmodel, self.val, device=self.options.device).top1
+        drop = reference_top1 - before
+        if drop <= self.budget.max_accuracy_drop or not self.options.qat_epochs:
+            return qmodel, {"ran": False, "val_top1": before, "drop_before": drop}
+        config = _train_config(self.options, self.options.qat_epochs, self.options.qat_lr, optimizer="adam")
+        qat(qmodel, self.train, config, teacher=self.original, progress=self.progress)
+        after = evaluate(qmodel, self.val, device=self.options.device).top1
+        return qmodel, {"ran": True, "val_top1_before": before, "val_top1": after, "drop_before": drop}
+
+
+def _quant_stage(name: str, run: Callable[[nn.Module], tuple[nn.Module, dict[str, Any]]], spec: ModelSpec) -> Stage:
+    return Stage(name, run, save=lambda m, p: save_quantized(p, m, spec), load=lambda p: load_quantized(p)[0])
+
+
+def _run_round(run_dir: RunDirectory, round_no: int, stages: _Stages, model: nn.Module, reference_top1: float,
+               ) -> tuple[nn.Module, nn.Module, list[dict[str, Any]]]:
+    """One round of stages: (float pruned model, quantized model, stage records)."""
+    tag = f"r{round_no}-"
+    records = []
+    model, rec = run_dir.run(Stage(tag + "prune", stages.prune), model)
+    records.append(rec)
+    model, rec = run_dir.run(Stage(tag + "finetune", stages.finetune), model)
+    records.append(rec)
+    qmodel, rec = run_dir.run(_quant_stage(tag + "quantize", stages.quantize, stages.spec), copy.deepcopy(model))
+    records.append(rec)
+    qmodel, rec = run_dir.run(_quant_stage(tag + "qat", lambda m: stages.qat(m, reference_top1), stages.spec),
+                              qmodel)
+    records.append(rec)
+    return model, qmodel, [asdict(r) for r in records]
+
+
+def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: ImageSet,
+             test_data: ImageSet | None = None, profile_: DeviceProfile | None = None,
+             output_dir: str | Path = "runs/compress", spec: ModelSpec | None = None,
+             options: CompressOptions | None = None, resume: bool = False,
+             progress: bool = True) -> CompressionResult:
+    """Compress ``model`` to fit ``budget``; raises :class:`BudgetInfeasible` when no plan can fit.
+
+    ``spec`` describes how to rebuild ``model`` (needed for checkpoints; inferred for zoo models only
+    when given). Accuracy is checked on ``val_data`` during the run and reported on ``test_data``
+    (default ``val_data``) measured with onnxruntime on the exported integer model.
+    """
+    if spec is None:
+        raise ValueError("compress needs the model's ModelSpec to checkpoint and rebuild it")
+    options = options or CompressOptions()
+    test_data = test_data or val_data
+    out = Path(output_dir)
+    device = profile_
+    settings = {"budget": budget.to_dict(), "device": device.to_dict() if device else None,
+                "options": asdict(options), "spec": spec.to_dict()}
+    run_dir = RunDirectory(out, spec, settings, resume=resume)
+    shape = train_data.info.input_shape
+    model = model.eval()
+    original = copy.deepcopy(model)
+    baseline_val = evaluate(model, val_data, device=options.device).top1
+    baseline_test = evaluate(model, test_data, device=options.device).top1
+    scratch = device.ram_reserved_bytes if device else 0
+    plan_options = PlanOptions.for_device(device) if device else PlanOptions()
+    if options.weight_bits:
+        plan_options = replace(plan_options, weight_bits=options.weight_bits)
+    cost = CostModel.from_model(model, shape, scratch_bytes=scratch)
+    table = measure_plan_sensitivity(model, cost, val_data, options, plan_options.weight_bits,
+                                     out / "sensitivity.json", progress)
+    target = budget
+    stage_log: list[dict[str, Any]] = []
+    for round_no in range(1, options.max_rounds + 1):
+        the_plan = plan(cost, table, target, replace(plan_options, frontier_points=6))
+        if isinstance(the_plan, Infeasible):
+            raise BudgetInfeasible(the_plan)
+        the_plan.save(out / f"plan-r{round_no}.json")
+        log.info("round %d plan:\n%s", round_no, the_plan.table())
+        stages = _Stages(original, spec, the_plan, train_data, val_data, options, budget, progress)
+        pruned, qmodel, records = _run_round(run_dir, round_no, stages, copy.deepcopy(model), baseline_val)
+        stage_log += records
+        paths = _export(qmodel, spec, shape, out)
+        onnx_top1 = evaluate(OnnxRuntimeModule(paths["onnx"]), test_data).top1
+        # RAM and MACs of the deployed graph: the pruned float graph at the deployed activation width
+        measured = measure_artifacts(paths["deployable"], pruned, shape, act_bits=the_plan.choice.act_bits,
+                                     scratch_bytes=scratch, onnx_path=paths["onnx"],
+                                     accuracy_drop=baseline_test - onnx_top1)
+        verification = verify(measured, budget, the_plan.predicted)
+        log.info("round %d: %s", round_no, verification.describe())
+        if verification.fits or not verification.misses or round_no == options.max_rounds:
+            break
+        only_accuracy = all(m.field == "accuracy_drop" for m in verification.misses)
+        if only_accuracy:
+            break  # more rounds of the same plan cannot buy accuracy back; report it plainly
+        target = tighten(target, verification)
+    top1 = evaluate(qmodel, test_data, device=options.device).top1
+    result = CompressionResult(qmodel, the_plan, verification, baseline_test, top1, onnx_top1, paths, stage_log)
+    paths.update(_write_report(result, original, spec, shape, table, device, budget, out, baseline_test))
+    return result
+
+
+def _export(qmodel: nn.Module, spec: ModelSpec, shape: tuple[int, ...], out: Path) -> dict[str, Path]:
+    example = torch.zeros(1, *shape)
+    return {"deployable": write_deployable(out / "model.cnnc", qmodel, spec),
+            "onnx": export_onnx(qmodel, out / "model.onnx", example),
+            "checkpoint": save_quantized(out / "model.pt", qmodel, spec)}
+
+
+def _write_report(result: CompressionResult, original: nn.Module, spec: ModelSpec, shape: tuple[int, ...],
+                  table: SensitivityTable, device: DeviceProfile | None, budget: Budget, out: Path,
+                  baseline_top1: float) -> dict[str, Path]:
+    before = profile(original, shape)
+    before_figures = {"flash_bytes": before.weight_bytes, "ram_bytes": before.peak_activation_bytes,
+                      "macs": before.macs, "accuracy": baseline_top1}
+    measured = {**result.verification.measured.to_dict(), "accuracy": result.onnx_top1}
+    plan_dict = result.plan.to_dict()
+    report = RunReport(
+        title=f"cnncompress: {spec.factory}", model=spec.factory, dataset="",
+        device=device.to_dict() if device else None, budget=budget.to_dict(),
+        figures=figure_rows(budget.to_dict(), before_figures, plan_dict["predicted"], measured),
+        layers=layer_rows_from_plan(plan_dict), candidates=plan_dict.get("candidates", []),
+        sensitivity=table.to_dict(), plan=plan_dict, stages=result.stages,
+        paths={k: str(v) for k, v in result.paths.items()}, fits=result.fits,
+        notes=[result.verification.describe()])
+    return {f"report_{k}": v for k, v in write_report(report, out).items()}
