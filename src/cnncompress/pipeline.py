@@ -44,8 +44,8 @@ from .plan import (
 from .plan.sensitivity import Delta
 from .prune import prune_channels
 from .quant import load_quantized, qat, quantize, save_quantized
-from .quant.deployable import write_deployable
 from .quant import sensitivity as bits_sensitivity
+from .quant.deployable import write_deployable
 from .report import RunReport, figure_rows, layer_rows_from_plan, write_report
 from .rundir import RunDirectory, Stage
 from .train import TrainConfig, evaluate, fit
