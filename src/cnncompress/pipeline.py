@@ -46,7 +46,7 @@ from .prune import prune_channels
 from .quant import load_quantized, qat, quantize, save_quantized
 from .quant import sensitivity as bits_sensitivity
 from .quant.deployable import write_deployable
-from .report import RunReport, figure_rows, layer_rows_from_plan, write_report
+from .report import FigureRow, RunReport, figure_rows, layer_rows_from_plan, write_report
 from .rundir import RunDirectory, Stage
 from .train import TrainConfig, evaluate, fit
 
@@ -272,7 +272,8 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
         target = tighten(target, verification)
     top1 = evaluate(qmodel, test_data, device=options.device).top1
     result = CompressionResult(qmodel, the_plan, verification, baseline_test, top1, onnx_top1, paths, stage_log)
-    paths.update(_write_report(result, original, spec, shape, table, device, budget, out, baseline_test))
+    paths.update(_write_report(result, original, spec, shape, table, device, budget, out, baseline_test,
+                               test_data.info.name))
     return result
 
 
@@ -285,16 +286,20 @@ def _export(qmodel: nn.Module, spec: ModelSpec, shape: tuple[int, ...], out: Pat
 
 def _write_report(result: CompressionResult, original: nn.Module, spec: ModelSpec, shape: tuple[int, ...],
                   table: SensitivityTable, device: DeviceProfile | None, budget: Budget, out: Path,
-                  baseline_top1: float) -> dict[str, Path]:
+                  baseline_top1: float, dataset: str) -> dict[str, Path]:
     before = profile(original, shape)
     before_figures = {"flash_bytes": before.weight_bytes, "ram_bytes": before.peak_activation_bytes,
-                      "macs": before.macs, "accuracy": baseline_top1}
-    measured = {**result.verification.measured.to_dict(), "accuracy": result.onnx_top1}
+                      "macs": before.macs}
+    measured = result.verification.measured.to_dict()
     plan_dict = result.plan.to_dict()
+    figures = figure_rows(budget.to_dict(), before_figures, plan_dict["predicted"], measured)
+    figures += [FigureRow("accuracy", before=baseline_top1, measured=result.onnx_top1),
+                FigureRow("accuracy_drop", limit=budget.max_accuracy_drop,
+                          predicted=result.plan.predicted_accuracy_drop, measured=measured["accuracy_drop"])]
     report = RunReport(
-        title=f"cnncompress: {spec.factory}", model=spec.factory, dataset="",
+        title=f"cnncompress: {spec.factory} on {dataset}", model=spec.factory, dataset=dataset,
         device=device.to_dict() if device else None, budget=budget.to_dict(),
-        figures=figure_rows(budget.to_dict(), before_figures, plan_dict["predicted"], measured),
+        figures=figures,
         layers=layer_rows_from_plan(plan_dict), candidates=plan_dict.get("candidates", []),
         sensitivity=table.to_dict(), plan=plan_dict, stages=result.stages,
         paths={k: str(v) for k, v in result.paths.items()}, fits=result.fits,

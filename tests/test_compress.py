@@ -1,0 +1,103 @@
+"""End to end on the bundled digits: a tight budget met on the written files, infeasible budgets, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import cnncompress.pipeline as pipeline
+from cnncompress.cli import main
+from cnncompress.data import load_dataset
+from cnncompress.models import ModelSpec, save_checkpoint
+from cnncompress.pipeline import BudgetInfeasible, CompressOptions, compress
+from cnncompress.plan import Budget
+from cnncompress.quant.deployable import read_deployable
+from cnncompress.train import TrainConfig, evaluate, fit
+
+SPEC = ModelSpec("digits_cnn", {"width": 8})
+OPTIONS = CompressOptions(finetune_epochs=3, qat_epochs=3, batch_size=64, lr=0.02, sensitivity_images=150,
+                          prune_options=(0.5,), calib_images=256, weight_bits=(4, 8))
+
+
+@pytest.fixture(scope="module")
+def data():
+    train, val = load_dataset("digits", "train").split(200, seed=0)
+    return train, val, load_dataset("digits", "test")
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    torch.manual_seed(0)
+    model = SPEC.build()
+    fit(model, data[0], TrainConfig(epochs=12, batch_size=64, lr=0.05), progress=False)
+    return model.eval()
+
+
+def test_tight_budget_is_met_on_the_written_files(tmp_path, data, trained):
+    train, val, test = data
+    budget = Budget.from_mapping({"flash_bytes": "4KB", "ram_bytes": "2KB", "max_accuracy_drop": 3.0})
+    result = compress(trained, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS,
+                      progress=False)
+    assert result.fits, result.verification.describe()
+    deployable = result.paths["deployable"]
+    assert deployable.stat().st_size <= 4000  # flash measured on the file itself
+    assert result.verification.measured.flash_bytes == deployable.stat().st_size
+    assert result.verification.measured.ram_bytes <= 2000
+    # the file alone rebuilds the model that was verified, and onnxruntime agrees with it
+    decoded, _, _ = read_deployable(deployable)
+    assert evaluate(decoded, test).top1 == pytest.approx(result.top1)
+    assert abs(result.onnx_top1 - result.top1) <= 1.0
+    assert result.baseline_top1 - result.onnx_top1 <= 3.0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["fits"] is True and (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def test_infeasible_budget_names_the_binding_constraint(tmp_path, data, trained):
+    train, val, test = data
+    budget = Budget.from_mapping({"flash_bytes": "200B"})
+    with pytest.raises(BudgetInfeasible, match="flash") as info:
+        compress(trained, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS, progress=False)
+    assert info.value.result.constraint == "flash_bytes" and info.value.result.smallest > 200
+
+
+def test_cli_exit_code_3_for_an_infeasible_budget(tmp_path, capsys, trained):
+    weights = save_checkpoint(tmp_path / "w.pt", trained, SPEC)
+    code = main(["compress", "--model", "digits_cnn", "--weights", str(weights), "--dataset", "digits",
+                 "--flash", "200B", "--sensitivity-images", "100", "--output", str(tmp_path / "run")])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "flash" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_continues_after_an_interrupted_stage(tmp_path, data, trained, monkeypatch):
+    train, val, test = data
+    budget = Budget.from_mapping({"flash_bytes": "4KB", "max_accuracy_drop": 0.0})  # forces QAT to run
+    real_qat = pipeline.qat
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "qat", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compress(trained, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"]] == ["r1-prune", "r1-finetune", "r1-quantize"]
+
+    monkeypatch.setattr(pipeline, "qat", real_qat)
+    calls = []
+    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: calls.append("fit"))  # fine-tuning must not rerun
+    result = compress(trained, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS,
+                      resume=True, progress=False)
+    resumed = {s["name"]: s["resumed"] for s in result.stages}
+    assert resumed["r1-prune"] and resumed["r1-finetune"] and resumed["r1-quantize"]
+    assert not resumed["r1-qat"] and calls == []
+
+
+def test_a_finished_run_directory_is_not_overwritten(tmp_path, data, trained):
+    train, val, test = data
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {}, "stages": []}))
+    with pytest.raises(FileExistsError, match="--resume"):
+        compress(trained, Budget.from_mapping({"flash_bytes": "4KB"}), train, val, test, output_dir=tmp_path,
+                 spec=SPEC, options=OPTIONS, progress=False)
