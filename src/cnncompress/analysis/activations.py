@@ -20,11 +20,11 @@ from torch import fx, nn
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..graph.trace import GraphTraceError, trace_model
 from .inputs import eval_mode
 
-
-class ActivationTraceError(RuntimeError):
-    """The model could not be traced or replayed by torch.fx, so its activation peak is unknown."""
+#: The model could not be traced or replayed by torch.fx, so its activation peak is unknown.
+ActivationTraceError = GraphTraceError
 
 
 @dataclass
@@ -43,33 +43,6 @@ class LiveBuffer:
     elements: int
     first: int
     last: int
-
-
-class _NamingTracer(fx.Tracer):
-    """fx tracer that remembers the innermost module being traced when tracing fails."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failed_in: str | None = None
-
-    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_in is None:
-                self.failed_in = f"{self.path_of_module(m) or '<root>'} ({type(m).__name__})"
-            raise
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model``; on failure raise ``ActivationTraceError`` naming the module."""
-    tracer = _NamingTracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:
-        where = tracer.failed_in or f"<root> ({type(model).__name__})"
-        raise ActivationTraceError(f"torch.fx cannot trace module {where}: {exc}") from exc
-    return fx.GraphModule(model, graph)
 
 
 class _StorageProp(ShapeProp):
@@ -124,7 +97,7 @@ def live_buffers(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModul
     Node ``i`` of ``graph.nodes`` is step ``i``; the profiler and the planner's cost model share this.
     """
     with eval_mode(model):
-        gm = trace(model)
+        gm = trace_model(model)
         prop = _StorageProp(gm)
         prop.propagate(example)
     return gm, _buffers(gm, prop.storages)

@@ -48,12 +48,11 @@ class _Tracer(fx.Tracer):
             raise
 
 
-def trace_with_shapes(model: nn.Module, example_input: ExampleInput,
-                      leaf_modules: Iterable[str | type[nn.Module]] = ()) -> fx.GraphModule:
-    """Trace ``model`` and annotate every node with ``meta['tensor_meta']`` from one example image.
+def trace_model(model: nn.Module, leaf_modules: Iterable[str | type[nn.Module]] = ()) -> fx.GraphModule:
+    """Symbolically trace ``model``; on failure raise :class:`GraphTraceError` naming the module.
 
-    ``leaf_modules`` names modules (qualified names) or module types not to trace into; the graph
-    then treats their channels as fixed unless it knows the type.
+    ``leaf_modules`` names modules (qualified names) or module types not to trace into. The one
+    tracer behind pruning's channel graph and the profiler's activation analysis.
     """
     leaves = list(leaf_modules)
     names = frozenset(n for n in leaves if isinstance(n, str))
@@ -70,7 +69,16 @@ def trace_with_shapes(model: nn.Module, example_input: ExampleInput,
             f"torch.fx cannot trace {where}: {type(exc).__name__}: {exc}. Declare that module a leaf "
             "(leaf_modules=[name]; its channels are then kept) or remove data-dependent control flow "
             "from its forward") from exc
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def trace_with_shapes(model: nn.Module, example_input: ExampleInput,
+                      leaf_modules: Iterable[str | type[nn.Module]] = ()) -> fx.GraphModule:
+    """Trace ``model`` and annotate every node with ``meta['tensor_meta']`` from one example image.
+
+    The graph treats the channels of ``leaf_modules`` as fixed unless it knows the type.
+    """
+    gm = trace_model(model, leaf_modules)
     example = one_image(example_input, model_device(model))
     try:
         with eval_mode(model):
