@@ -1,0 +1,260 @@
+"""Rewrite a float model (torch.fx) into its quantization-simulating twin.
+
+The rewrite places activation quantizers exactly where an integer runtime holds integer tensors:
+the model input, the output of every conv/linear/add/concat (after a directly following ReLU/ReLU6,
+which the runtime fuses), and any other float tensor that reaches a conv/linear/add/concat input.
+Pure data movement (slicing, zero padding, flatten, max pooling) keeps a tensor on its grid, so the
+option-A ResNet shortcut needs no quantizer of its own. BatchNorm is folded into the preceding conv
+first, as every deployment does. The export walks this same graph, so simulated == deployed.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .core import QUANT_LAYERS, FakeQuantize, Mode, QConv2d, QLinear
+from .spec import activation_spec, weight_spec
+
+PRODUCERS = {"conv", "linear", "add", "cat"}  # outputs the runtime requantizes
+CONSUMERS = {"conv", "linear", "add", "cat"}  # need integer inputs
+ACTIVATIONS = {"relu", "relu6"}  # fused into the producer before requantization
+DATA_MOVEMENT = {"slice", "pad", "flatten", "maxpool", "identity"}  # keep values on the input grid
+
+_MODULE_KINDS: tuple[tuple[type, str], ...] = (
+    (FakeQuantize, "quant"), (QConv2d, "conv"), (QLinear, "linear"), (nn.Conv2d, "conv"), (nn.Linear, "linear"),
+    (nn.BatchNorm2d, "bn"), (nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.MaxPool2d, "maxpool"),
+    (nn.AvgPool2d, "avgpool"), (nn.Flatten, "flatten"), (nn.Identity, "identity"), (nn.Dropout, "identity"),
+)
+_FUNCTION_KINDS = {
+    torch.cat: "cat", torch.concat: "cat", torch.flatten: "flatten", F.relu: "relu", torch.relu: "relu",
+    F.relu6: "relu6", F.max_pool2d: "maxpool", F.pad: "pad", operator.getitem: "slice",
+    operator.add: "add", torch.add: "add", operator.iadd: "add", F.adaptive_avg_pool2d: "gap",
+}
+_METHOD_KINDS = {"flatten": "flatten", "relu": "relu", "add": "add", "contiguous": "identity"}
+
+
+def _is_global_pool(output_size) -> bool:
+    return output_size in (1, (1, 1), [1, 1])
+
+
+def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """A short name for what ``node`` computes ("conv", "add", "slice", ...; "other" if unknown)."""
+    if node.op in ("placeholder", "output", "get_attr"):
+        return {"placeholder": "input", "output": "output", "get_attr": "attr"}[node.op]
+    if node.op == "call_module":
+        module = modules[node.target]
+        if isinstance(module, nn.AdaptiveAvgPool2d):
+            return "gap" if _is_global_pool(module.output_size) else "other"
+        if isinstance(module, nn.Hardtanh) and (module.min_val, module.max_val) == (0.0, 6.0):
+            return "relu6"
+        return next((kind for cls, kind in _MODULE_KINDS if isinstance(module, cls)), "other")
+    kind = (_FUNCTION_KINDS.get(node.target, "other") if node.op == "call_function"
+            else _METHOD_KINDS.get(node.target, "other"))
+    return _refine(kind, node)
+
+
+def _refine(kind: str, node: fx.Node) -> str:
+    """Demote ops whose arguments the integer path cannot take (scalar adds, non-zero padding, ...)."""
+    if kind == "add" and not all(isinstance(a, fx.Node) for a in node.args[:2]):
+        return "other"
+    if kind == "slice":
+        index = node.args[1]
+        index = index if isinstance(index, tuple) else (index,)
+        return "slice" if all(isinstance(i, slice) for i in index) else "other"
+    if kind == "pad":
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+        return "pad" if mode == "constant" and not value else "other"
+    if kind == "gap":
+        size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
+        return "gap" if _is_global_pool(size) else "other"
+    return kind
+
+
+def tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    """The tensor arguments of an op (the list for concat)."""
+    first = node.args[0] if node.args else node.kwargs.get("tensors", node.kwargs.get("input"))
+    if isinstance(first, (list, tuple)):
+        return [a for a in first if isinstance(a, fx.Node)]
+    inputs = [first] if isinstance(first, fx.Node) else []
+    if node.op == "call_function" and node.target in (operator.add, torch.add, operator.iadd):
+        inputs += [a for a in node.args[1:2] if isinstance(a, fx.Node)]
+    return inputs
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace a copy of ``model`` with a clear error for untraceable code."""
+    try:
+        return fx.symbolic_trace(copy.deepcopy(model).eval())
+    except Exception as exc:  # fx raises TraceError, TypeError, ... for data-dependent control flow
+        raise ValueError(f"cannot quantize {type(model).__name__}: torch.fx cannot trace it ({exc}); "
+                         "quantization needs a model without data-dependent Python control flow") from exc
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+@torch.no_grad()
+def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """``conv`` becomes ``bn(conv(x))`` with BN's running statistics (exact in eval mode)."""
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"BatchNorm of width {bn.num_features} follows a conv of {conv.out_channels} channels")
+    mean = bn.running_mean if bn.track_running_stats else torch.zeros_like(conv.weight[:, 0, 0, 0])
+    var = bn.running_var if bn.track_running_stats else torch.ones_like(mean)
+    gamma = bn.weight if bn.affine else torch.ones_like(mean)
+    beta = bn.bias if bn.affine else torch.zeros_like(mean)
+    factor = gamma / torch.sqrt(var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+    conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter((bias - mean) * factor + beta)
+
+
+def fold_batchnorm(gm: fx.GraphModule, use_stats: bool = True) -> list[str]:
+    """Fold every BatchNorm2d that directly and solely follows a Conv2d; return the folded BN names.
+
+    ``use_stats=False`` only removes the BN and gives the conv a bias (used when a checkpoint's folded
+    weights are about to be loaded over it).
+    """
+    modules = dict(gm.named_modules())
+    folded = []
+    for node in list(gm.graph.nodes):
+        if op_kind(node, modules) != "bn":
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and op_kind(src, modules) == "conv" and len(src.users) == 1):
+            continue
+        conv = modules[src.target]
+        if use_stats:
+            fold_bn_into_conv(conv, modules[node.target])
+        elif conv.bias is None:
+            conv.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device))
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        set_submodule(gm, node.target, nn.Identity())
+        folded.append(node.target)
+    gm.graph.lint()
+    gm.recompile()
+    return folded
+
+
+def data_source(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
+    """Walk back through data-movement ops to the node whose values (and grid) ``node`` carries."""
+    while op_kind(node, modules) in DATA_MOVEMENT:
+        node = node.args[0]
+    return node
+
+
+def _fused_end(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
+    while len(node.users) == 1 and op_kind(next(iter(node.users)), modules) in ACTIVATIONS:
+        node = next(iter(node.users))
+    return node
+
+
+def quant_points(gm: fx.GraphModule) -> list[fx.Node]:
+    """Nodes whose output gets an activation quantizer, in graph order."""
+    modules = dict(gm.named_modules())
+    points: dict[fx.Node, None] = {}
+    for node in gm.graph.nodes:
+        kind = op_kind(node, modules)
+        if kind == "input" or kind in PRODUCERS:
+            end = _fused_end(node, modules)
+            if any(user.op != "output" for user in end.users):
+                points[end] = None
+    for node in gm.graph.nodes:
+        if op_kind(node, modules) in CONSUMERS:
+            for arg in tensor_inputs(node):
+                points.setdefault(data_source(arg, modules), None)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    return sorted(points, key=order.__getitem__)
+
+
+def _replace_layers(gm: fx.GraphModule, weight_bits: int, per_channel: bool, layer_bits: dict[str, int]) -> None:
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or op_kind(node, modules) not in ("conv", "linear"):
+            continue
+        module = modules[node.target]
+        if isinstance(module, QUANT_LAYERS):
+            raise ValueError(f"{node.target} is already quantized")
+        spec = weight_spec(layer_bits.get(node.target, weight_bits), per_channel)
+        cls = QConv2d if isinstance(module, nn.Conv2d) else QLinear
+        set_submodule(gm, node.target, cls.from_float(module, spec))
+
+
+def _insert_quantizers(gm: fx.GraphModule, act_bits: int) -> None:
+    for point in quant_points(gm):
+        name = f"{point.name}_quant"
+        gm.add_submodule(name, FakeQuantize(activation_spec(act_bits)))
+        with gm.graph.inserting_after(point):
+            q = gm.graph.call_module(name, (point,))
+        point.replace_all_uses_with(q, delete_user_cb=lambda user, q=q: user is not q)
+
+
+def _wire_input_scales(gm: fx.GraphModule) -> None:
+    """Give each quantized layer its input quantizer's scale (for the int32 bias)."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if op_kind(node, modules) not in ("conv", "linear"):
+            continue
+        src = data_source(node.args[0], modules)
+        if op_kind(src, modules) != "quant":
+            raise ValueError(f"internal error: input of {node.target} is not quantized")
+        with gm.graph.inserting_before(node):
+            scale = gm.graph.get_attr(f"{src.target}.scale")
+        node.args = (node.args[0], scale)
+
+
+def insert_quantizers(gm: fx.GraphModule, weight_bits: int, act_bits: int, per_channel: bool,
+                      layer_bits: dict[str, int]) -> fx.GraphModule:
+    """Swap conv/linear for quantized layers and insert activation quantizers (all in float mode)."""
+    modules = dict(gm.named_modules())
+    layers = {n.target for n in gm.graph.nodes if op_kind(n, modules) in ("conv", "linear")}
+    unknown = sorted(set(layer_bits) - layers)
+    if unknown:
+        raise ValueError(f"layer_bits names no conv/linear layer: {unknown}; layers: {sorted(layers)}")
+    if not layers:
+        raise ValueError("the model has no Conv2d or Linear layer to quantize")
+    _replace_layers(gm, weight_bits, per_channel, layer_bits)
+    _insert_quantizers(gm, act_bits)
+    _wire_input_scales(gm)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def layer_input_scales(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    """Each quantized layer's input scale (the quantizer scale wired into its call)."""
+    scales = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), QUANT_LAYERS):
+            quantizer = node.args[1].target.rpartition(".")[0]
+            scales[node.target] = gm.get_submodule(quantizer).scale
+    return scales
+
+
+def quant_layers(model: nn.Module) -> Iterator[tuple[str, QConv2d | QLinear]]:
+    """(name, layer) of every quantized conv/linear."""
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS))
+
+
+def act_quantizers(model: nn.Module) -> Iterator[tuple[str, FakeQuantize]]:
+    """(name, quantizer) of every activation quantizer (weight quantizers excluded)."""
+    return ((n, m) for n, m in model.named_modules()
+            if isinstance(m, FakeQuantize) and not n.endswith("weight_quant"))
+
+
+def set_mode(model: nn.Module, weights: Mode, acts: Mode) -> None:
+    """Switch weight and activation quantizers; the int32 bias is simulated only when both quantize."""
+    for _, layer in quant_layers(model):
+        layer.weight_quant.mode = weights
+        layer.quantize_bias = weights == "quant" and acts == "quant"
+    for _, q in act_quantizers(model):
+        q.mode = acts
