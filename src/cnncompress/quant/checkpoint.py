@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import fx
 
-from ..models import ModelSpec, adopt_shapes
+from ..models import ModelSpec, adopt_shapes, apply_module_attrs
 from ..utils import torch_save_atomic
 from .core import FakeQuantize
 from .graph import set_mode
@@ -29,7 +29,8 @@ def save_quantized(path: str | os.PathLike, qmodel: fx.GraphModule, spec: ModelS
     if not isinstance(config, QuantConfig):
         raise ValueError("save_quantized needs a model returned by cnncompress.quant.quantize")
     payload = {"format": FORMAT, "spec": spec.to_dict(), "quant_config": config.to_dict(),
-               "state_dict": qmodel.state_dict(), "meta": meta}
+               "module_attrs": getattr(qmodel, "module_attrs", {}), "state_dict": qmodel.state_dict(),
+               "meta": meta}
     torch_save_atomic(payload, path)
     return Path(path)
 
@@ -44,25 +45,27 @@ def load_quantized(path: str | os.PathLike) -> tuple[fx.GraphModule, ModelSpec, 
         raise ValueError(f"{path} is not a cnncompress quantized checkpoint")
     spec = ModelSpec.from_dict(payload["spec"])
     config = QuantConfig.from_dict(payload["quant_config"])
-    state = payload["state_dict"]
-    model = spec.build()
+    qmodel = rebuild_quantized(spec, config, payload["state_dict"], payload.get("module_attrs", {}))
+    return qmodel, spec, payload.get("meta", {})
+
+
+def rebuild_quantized(spec: ModelSpec, config: QuantConfig, state: dict[str, torch.Tensor],
+                      module_attrs: dict[str, dict[str, int]]) -> fx.GraphModule:
+    """The quantized model a checkpoint describes: build, replay structure, prepare, load, quantizers on."""
+    model = apply_module_attrs(spec.build(), module_attrs)
     adopt_shapes(model, state)
     qmodel = prepare(model, config, fold_stats=False)
+    qmodel.module_attrs = module_attrs
     if config.learnable_scales:
         for module in qmodel.modules():
             if isinstance(module, FakeQuantize):
                 module.make_learnable()
-    _resize_quant_buffers(qmodel, state)
-    qmodel.load_state_dict(state)
-    set_mode(qmodel, "quant", "quant")
-    return qmodel.eval(), spec, payload.get("meta", {})
-
-
-def _resize_quant_buffers(qmodel: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Per-channel scale buffers take the stored length (channel counts are already adopted)."""
-    for name, module in qmodel.named_modules():
+    for name, module in qmodel.named_modules():  # per-channel buffers take their stored length
         if isinstance(module, FakeQuantize):
             for attr in ("scale", "zero_point"):
                 stored = state.get(f"{name}.{attr}")
                 if stored is not None and stored.shape != getattr(module, attr).shape:
                     getattr(module, attr).data = torch.empty_like(stored)
+    qmodel.load_state_dict(state)
+    set_mode(qmodel, "quant", "quant")
+    return qmodel.eval()

@@ -18,11 +18,12 @@ import torch
 from torch import fx
 
 from ..encode.container import CnncFormatError, encode_state, parse_cnnc
-from ..models import ModelSpec, adopt_shapes, apply_module_attrs
+from ..models import ModelSpec
 from ..utils import atomic_write_bytes
-from .core import FakeQuantize, dequantize
-from .graph import quant_layers, set_mode
-from .ptq import QuantConfig, prepare
+from .checkpoint import rebuild_quantized
+from .core import dequantize
+from .graph import quant_layers
+from .ptq import QuantConfig
 
 KIND = "quantized"
 
@@ -47,28 +48,6 @@ def write_deployable(path: str | os.PathLike, qmodel: fx.GraphModule, spec: Mode
     data, _ = encode_state(integer_state(qmodel), spec, params, meta, input_shape)
     atomic_write_bytes(path, data)
     return Path(path)
-
-
-def rebuild_quantized(spec: ModelSpec, config: QuantConfig, state: dict[str, torch.Tensor],
-                      module_attrs: dict[str, dict[str, int]]) -> fx.GraphModule:
-    """The quantized model a checkpoint describes: build, replay structure, prepare, load, quantizers on."""
-    model = apply_module_attrs(spec.build(), module_attrs)
-    adopt_shapes(model, state)
-    qmodel = prepare(model, config, fold_stats=False)
-    qmodel.module_attrs = module_attrs
-    if config.learnable_scales:
-        for module in qmodel.modules():
-            if isinstance(module, FakeQuantize):
-                module.make_learnable()
-    for name, module in qmodel.named_modules():  # per-channel buffers take their stored length
-        if isinstance(module, FakeQuantize):
-            for attr in ("scale", "zero_point"):
-                stored = state.get(f"{name}.{attr}")
-                if stored is not None and stored.shape != getattr(module, attr).shape:
-                    getattr(module, attr).data = torch.empty_like(stored)
-    qmodel.load_state_dict(state)
-    set_mode(qmodel, "quant", "quant")
-    return qmodel.eval()
 
 
 def read_deployable(path: str | os.PathLike) -> tuple[fx.GraphModule, ModelSpec, dict[str, Any]]:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ..models import structural_attrs
 from .adaround import adaround_weights
 from .calibrate import CALIBRATORS, make_calibrator
 from .core import INT32_MAX
@@ -77,9 +78,12 @@ def prepare(model: nn.Module, config: QuantConfig, fold_stats: bool = True) -> f
     if config.cle:
         equalize(gm, relu6_to_relu=config.cle_relu6)
     insert_quantizers(gm, config.weight_bits, config.act_bits, config.per_channel, config.layer_bits)
-    gm.quant_config = config
+    # Tracing inlines modules such as PadShortcut: keep their (possibly pruned) structure for rebuilding.
+    preserved = {"quant_config": config, "module_attrs": structural_attrs(model)}
+    for name, value in preserved.items():
+        setattr(gm, name, value)
     # fx's deepcopy rebuilds the GraphModule and restores only attributes listed under this meta key
-    gm.meta.setdefault("_user_preserved_attributes", {})["quant_config"] = config
+    gm.meta.setdefault("_user_preserved_attributes", {}).update(preserved)
     return gm
 
 
