@@ -42,7 +42,7 @@ from .plan import (
     verify,
 )
 from .plan.sensitivity import Delta
-from .prune import prune_channels
+from .prune import enforce_masks, lock_zeros, make_permanent, prune_channels, prune_weights
 from .quant import load_quantized, qat, quantize, save_quantized
 from .quant import sensitivity as bits_sensitivity
 from .quant.deployable import write_deployable
@@ -73,6 +73,7 @@ class CompressOptions:
     max_batches_per_epoch: int | None = None
     sensitivity_images: int = 1000
     prune_options: tuple[float, ...] = (0.25, 0.5, 0.75)
+    sparsity_options: tuple[float, ...] = ()  # unstructured per-layer sparsities the planner may pick
     criterion: str = "l1"
     calibration: str = "mse"
     calib_images: int = 512
@@ -86,8 +87,9 @@ class CompressOptions:
             raise ValueError("epochs must be >= 0")
         if self.max_rounds < 1:
             raise ValueError("max_rounds must be >= 1")
-        if not all(0 < r < 1 for r in self.prune_options):
-            raise ValueError(f"prune options must be fractions in (0, 1), got {self.prune_options}")
+        for name in ("prune_options", "sparsity_options"):
+            if not all(0 < r < 1 for r in getattr(self, name)):
+                raise ValueError(f"{name} must be fractions in (0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -131,8 +133,15 @@ def measure_plan_sensitivity(model: nn.Module, cost: CostModel, val: ImageSet, o
         per_layer = {layer: ratio for layer in cost.group_layers(group)}
         return prune_channels(copy_, shape, ratio=0.0, per_layer=per_layer, criterion=options.criterion)
 
-    table = measure_sensitivity(model, sorted(cost.groups), _evaluator(probe, options.device), prune_group,
+    def sparsify_layer(copy_: nn.Module, layer: str, sparsity: float) -> nn.Module:
+        return make_permanent(prune_weights(copy_, {layer: sparsity}, scope="layer"))
+
+    evaluate_fn = _evaluator(probe, options.device)
+    table = measure_sensitivity(model, sorted(cost.groups), evaluate_fn, prune_group,
                                 options.prune_options, kind="prune", cache=cache, progress=progress)
+    if options.sparsity_options:
+        table = measure_sensitivity(model, cost.layer_names, evaluate_fn, sparsify_layer, options.sparsity_options,
+                                    kind="sparsity", table=table, cache=cache, progress=progress)
     if not table.entries("bits"):
         quant = bits_sensitivity(model, probe, bits=bits)
         for layer, per_bits in quant.layers.items():
@@ -157,20 +166,32 @@ class _Stages:
         self.train, self.val, self.options, self.budget, self.progress = train, val, options, budget, progress
         self.shape = train.info.input_shape
 
+    def sparsities(self) -> dict[str, float]:
+        return {layer: s for layer, s in self.plan.choice.sparsity.items() if s > 0}
+
     def prune(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        """Remove the planned channels, then zero the planned fraction of each layer's smallest weights."""
+        summary: dict[str, Any] = {"pruned": False, "sparsity": self.sparsities()}
         ratios = self.plan.prune_ratios()
-        if not ratios:
-            return model, {"pruned": False}
-        pruned, record = prune_channels(model, self.shape, ratio=0.0, per_layer=ratios,
-                                        criterion=self.options.criterion, return_record=True)
-        return pruned, {"pruned": True, "macs_before": record.macs_before, "macs_after": record.macs_after,
-                        "params_before": record.params_before, "params_after": record.params_after}
+        if ratios:
+            model, record = prune_channels(model, self.shape, ratio=0.0, per_layer=ratios,
+                                           criterion=self.options.criterion, return_record=True)
+            summary.update(pruned=True, macs_before=record.macs_before, macs_after=record.macs_after,
+                           params_before=record.params_before, params_after=record.params_after)
+        if summary["sparsity"]:
+            make_permanent(prune_weights(model, summary["sparsity"], scope="layer"))
+        return model, summary
 
     def finetune(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
-        epochs = self.options.finetune_epochs if self.plan.prune_ratios() else 0
+        """Recover accuracy by distilling from the original; pruned zeros stay zero throughout."""
+        epochs = self.options.finetune_epochs if self.plan.prune_ratios() or self.sparsities() else 0
         if epochs:
+            hooks = [enforce_masks] if self.sparsities() else []
+            if hooks:
+                lock_zeros(model)
             config = _train_config(self.options, epochs, self.options.lr)
-            fit(model, self.train, config, teacher=self.original, progress=self.progress)
+            fit(model, self.train, config, teacher=self.original, after_step=hooks, progress=self.progress)
+            make_permanent(model)
         return model, {"epochs": epochs, "val_top1": evaluate(model, self.val, device=self.options.device).top1}
 
     def quantize(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
@@ -242,6 +263,7 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
     plan_options = PlanOptions.for_device(device) if device else PlanOptions()
     if options.weight_bits:
         plan_options = replace(plan_options, weight_bits=options.weight_bits)
+    plan_options = replace(plan_options, sparsity=bool(options.sparsity_options))
     cost = CostModel.from_model(model, shape, scratch_bytes=scratch)
     table = measure_plan_sensitivity(model, cost, val_data, options, plan_options.weight_bits,
                                      out / "sensitivity.json", progress)
