@@ -43,11 +43,12 @@ from .plan import (
 )
 from .plan.sensitivity import Delta
 from .prune import enforce_masks, lock_zeros, make_permanent, prune_channels, prune_weights
-from .quant import load_quantized, qat, quantize, save_quantized
+from .quant import qat, quantize, save_quantized
 from .quant import sensitivity as bits_sensitivity
 from .quant.deployable import write_deployable
+from .recipe import RecipeError, load_recipe, run_recipe
 from .report import FigureRow, RunReport, figure_rows, layer_rows_from_plan, write_report
-from .rundir import RunDirectory, Stage
+from .rundir import RunDirectory, Stage, quantized_stage
 from .train import TrainConfig, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class CompressionResult:
     """The compressed (simulated-quantized) model, its plan, what was measured and where it was written."""
 
     model: nn.Module
-    plan: Plan
+    plan: Plan | None  # None for a hand-written recipe
     verification: Verification
     baseline_top1: float
     top1: float
@@ -112,7 +113,7 @@ class CompressionResult:
     def to_dict(self) -> dict[str, Any]:
         return {"fits": self.fits, "baseline_top1": self.baseline_top1, "top1": self.top1,
                 "onnx_top1": self.onnx_top1, "verification": self.verification.to_dict(),
-                "plan": self.plan.to_dict(), "paths": {k: str(v) for k, v in self.paths.items()},
+                "plan": self.plan.to_dict() if self.plan else None, "paths": {k: str(v) for k, v in self.paths.items()},
                 "stages": self.stages}
 
 
@@ -213,10 +214,6 @@ class _Stages:
         return qmodel, {"ran": True, "val_top1_before": before, "val_top1": after, "drop_before": drop}
 
 
-def _quant_stage(name: str, run: Callable[[nn.Module], tuple[nn.Module, dict[str, Any]]], spec: ModelSpec) -> Stage:
-    return Stage(name, run, save=lambda m, p: save_quantized(p, m, spec), load=lambda p: load_quantized(p)[0])
-
-
 def _run_round(run_dir: RunDirectory, round_no: int, stages: _Stages, model: nn.Module, reference_top1: float,
                ) -> tuple[nn.Module, nn.Module, list[dict[str, Any]]]:
     """One round of stages: (float pruned model, quantized model, stage records)."""
@@ -226,9 +223,9 @@ def _run_round(run_dir: RunDirectory, round_no: int, stages: _Stages, model: nn.
     records.append(rec)
     model, rec = run_dir.run(Stage(tag + "finetune", stages.finetune), model)
     records.append(rec)
-    qmodel, rec = run_dir.run(_quant_stage(tag + "quantize", stages.quantize, stages.spec), copy.deepcopy(model))
+    qmodel, rec = run_dir.run(quantized_stage(tag + "quantize", stages.quantize, stages.spec), copy.deepcopy(model))
     records.append(rec)
-    qmodel, rec = run_dir.run(_quant_stage(tag + "qat", lambda m: stages.qat(m, reference_top1), stages.spec),
+    qmodel, rec = run_dir.run(quantized_stage(tag + "qat", lambda m: stages.qat(m, reference_top1), stages.spec),
                               qmodel)
     records.append(rec)
     return model, qmodel, [asdict(r) for r in records]
@@ -278,13 +275,9 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
         stages = _Stages(original, spec, the_plan, train_data, val_data, options, budget, progress)
         pruned, qmodel, records = _run_round(run_dir, round_no, stages, copy.deepcopy(model), baseline_val)
         stage_log += records
-        paths = _export(qmodel, spec, shape, out)
-        onnx_top1 = evaluate(OnnxRuntimeModule(paths["onnx"]), test_data).top1
-        # RAM and MACs of the deployed graph: the pruned float graph at the deployed activation width
-        measured = measure_artifacts(paths["deployable"], pruned, shape, act_bits=the_plan.choice.act_bits,
-                                     scratch_bytes=scratch, onnx_path=paths["onnx"],
-                                     accuracy_drop=baseline_test - onnx_top1)
-        verification = verify(measured, budget, the_plan.predicted)
+        paths, onnx_top1, verification = _deploy_and_verify(
+            qmodel, pruned, spec, shape, out, test_data, budget, baseline_test, the_plan.choice.act_bits, scratch,
+            the_plan.predicted)
         log.info("round %d: %s", round_no, verification.describe())
         if verification.fits or not verification.misses or round_no == options.max_rounds:
             break
@@ -294,36 +287,76 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
         target = tighten(target, verification)
     top1 = evaluate(qmodel, test_data, device=options.device).top1
     result = CompressionResult(qmodel, the_plan, verification, baseline_test, top1, onnx_top1, paths, stage_log)
-    paths.update(_write_report(result, original, spec, shape, table, device, budget, out, baseline_test,
+    paths.update(_write_report(result, original, spec, shape, table, device, budget, out, test_data.info.name))
+    return result
+
+
+def _deploy_and_verify(qmodel: nn.Module, float_model: nn.Module, spec: ModelSpec, shape: tuple[int, ...],
+                       out: Path, test: ImageSet, budget: Budget, baseline_top1: float, act_bits: int,
+                       scratch: int, predicted: Any = None) -> tuple[dict[str, Path], float, Verification]:
+    """Write the deployable .cnnc, the QDQ ONNX and a checkpoint; measure them against ``budget``.
+
+    Flash is the deployable's file size; RAM and MACs come from the deployed graph (the float graph
+    at ``act_bits``); accuracy is onnxruntime's on ``test``.
+    """
+    paths = {"deployable": write_deployable(out / "model.cnnc", qmodel, spec, shape),
+             "onnx": export_onnx(qmodel, out / "model.onnx", torch.zeros(1, *shape)),
+             "checkpoint": save_quantized(out / "model.pt", qmodel, spec)}
+    onnx_top1 = evaluate(OnnxRuntimeModule(paths["onnx"]), test).top1
+    measured = measure_artifacts(paths["deployable"], float_model, shape, act_bits=act_bits, scratch_bytes=scratch,
+                                 onnx_path=paths["onnx"], accuracy_drop=baseline_top1 - onnx_top1)
+    return paths, onnx_top1, verify(measured, budget, predicted)
+
+
+def compress_with_recipe(model: nn.Module, recipe: str | Path | dict[str, Any], train_data: ImageSet,
+                         val_data: ImageSet, test_data: ImageSet | None = None, budget: Budget | None = None,
+                         output_dir: str | Path = "runs/recipe", spec: ModelSpec | None = None,
+                         device: str = "cpu", resume: bool = False, progress: bool = True) -> CompressionResult:
+    """Run a hand-written recipe (see :mod:`cnncompress.recipe`) instead of the planner, then deploy and
+    verify exactly as :func:`compress` does (against ``budget`` when given). The recipe must quantize."""
+    if spec is None:
+        raise ValueError("compress_with_recipe needs the model's ModelSpec to checkpoint and rebuild it")
+    stages = load_recipe(recipe)
+    if "quantize" not in [name for name, _ in stages]:
+        raise RecipeError("a recipe must contain a 'quantize' stage: the deployable is an integer model")
+    budget = budget or Budget()
+    test_data = test_data or val_data
+    out = Path(output_dir)
+    settings = {"recipe": [[n, o] for n, o in stages], "budget": budget.to_dict(), "spec": spec.to_dict()}
+    run_dir = RunDirectory(out, spec, settings, resume=resume)
+    baseline_test = evaluate(model.eval(), test_data, device=device).top1
+    float_model, qmodel, records = run_recipe(copy.deepcopy(model), stages, spec, train_data, val_data, run_dir, device,
+                                              progress=progress)
+    act_bits = qmodel.quant_config.act_bits
+    paths, onnx_top1, verification = _deploy_and_verify(qmodel, float_model, spec, train_data.info.input_shape,
+                                                        out, test_data, budget, baseline_test, act_bits, 0)
+    top1 = evaluate(qmodel, test_data, device=device).top1
+    result = CompressionResult(qmodel, None, verification, baseline_test, top1, onnx_top1, paths, records)
+    paths.update(_write_report(result, model, spec, train_data.info.input_shape, None, None, budget, out,
                                test_data.info.name))
     return result
 
 
-def _export(qmodel: nn.Module, spec: ModelSpec, shape: tuple[int, ...], out: Path) -> dict[str, Path]:
-    example = torch.zeros(1, *shape)
-    return {"deployable": write_deployable(out / "model.cnnc", qmodel, spec),
-            "onnx": export_onnx(qmodel, out / "model.onnx", example),
-            "checkpoint": save_quantized(out / "model.pt", qmodel, spec)}
-
-
 def _write_report(result: CompressionResult, original: nn.Module, spec: ModelSpec, shape: tuple[int, ...],
-                  table: SensitivityTable, device: DeviceProfile | None, budget: Budget, out: Path,
-                  baseline_top1: float, dataset: str) -> dict[str, Path]:
+                  table: SensitivityTable | None, device: DeviceProfile | None, budget: Budget, out: Path,
+                  dataset: str) -> dict[str, Path]:
+    """report.json/.md/.html: limits, the original's figures, the plan's predictions, the measurements."""
     before = profile(original, shape)
     before_figures = {"flash_bytes": before.weight_bytes, "ram_bytes": before.peak_activation_bytes,
                       "macs": before.macs}
     measured = result.verification.measured.to_dict()
-    plan_dict = result.plan.to_dict()
-    figures = figure_rows(budget.to_dict(), before_figures, plan_dict["predicted"], measured)
-    figures += [FigureRow("accuracy", before=baseline_top1, measured=result.onnx_top1),
+    plan_dict = result.plan.to_dict() if result.plan else None
+    figures = figure_rows(budget.to_dict(), before_figures, plan_dict["predicted"] if plan_dict else None, measured)
+    figures += [FigureRow("accuracy", before=result.baseline_top1, measured=result.onnx_top1),
                 FigureRow("accuracy_drop", limit=budget.max_accuracy_drop,
-                          predicted=result.plan.predicted_accuracy_drop, measured=measured["accuracy_drop"])]
+                          predicted=result.plan.predicted_accuracy_drop if result.plan else None,
+                          measured=measured["accuracy_drop"])]
     report = RunReport(
         title=f"cnncompress: {spec.factory} on {dataset}", model=spec.factory, dataset=dataset,
-        device=device.to_dict() if device else None, budget=budget.to_dict(),
-        figures=figures,
-        layers=layer_rows_from_plan(plan_dict), candidates=plan_dict.get("candidates", []),
-        sensitivity=table.to_dict(), plan=plan_dict, stages=result.stages,
+        device=device.to_dict() if device else None, budget=budget.to_dict(), figures=figures,
+        layers=layer_rows_from_plan(plan_dict) if plan_dict else [],
+        candidates=plan_dict.get("candidates", []) if plan_dict else [],
+        sensitivity=table.to_dict() if table else None, plan=plan_dict, stages=result.stages,
         paths={k: str(v) for k, v in result.paths.items()}, fits=result.fits,
         notes=[result.verification.describe()])
     return {f"report_{k}": v for k, v in write_report(report, out).items()}

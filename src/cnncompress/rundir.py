@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from .models import ModelSpec, load_model, save_checkpoint
+from .quant import load_quantized, save_quantized
 from .utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ class Stage:
     save: SaveFn | None = None
     load: LoadFn | None = None
     suffix: str = ".pt"
+
+
+def quantized_stage(name: str, run: Callable[[nn.Module], tuple[nn.Module, dict[str, Any]]],
+                    spec: ModelSpec) -> Stage:
+    """A stage whose output is a quantized model, persisted as a quantized checkpoint."""
+    return Stage(name, run, save=lambda m, p: save_quantized(p, m, spec), load=lambda p: load_quantized(p)[0])
 
 
 class RunDirectory:

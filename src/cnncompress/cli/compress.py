@@ -9,9 +9,10 @@ from typing import Any
 from ..analysis import profile
 from ..data import ImageSet
 from ..models import ModelSpec, load_model, save_checkpoint
-from ..pipeline import BudgetInfeasible, CompressionResult, CompressOptions, compress
+from ..pipeline import BudgetInfeasible, CompressionResult, CompressOptions, compress, compress_with_recipe
 from ..plan.cli_args import add_budget_args, budget_from_args
 from ..plan.units import format_bytes, format_count
+from ..recipe import load_recipe
 from ..train import TrainConfig, fit
 from .common import (
     EXIT_INFEASIBLE,
@@ -38,6 +39,8 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     add_stage_args(p)
     p.add_argument("--output", required=True, help="run directory (checkpoints, plan, artifacts, report)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    p.add_argument("--config", help="recipe YAML: a hand-written stage list instead of the planner "
+                                    "(budget flags then only verify)")
     add_common(p)
     p.set_defaults(handler=run_compress)
 
@@ -79,11 +82,18 @@ def split_train_val(train: ImageSet) -> tuple[ImageSet, ImageSet]:
 
 def run_compress(args: argparse.Namespace) -> int:
     model, spec = resolve_model(args)
-    device, budget = budget_from_args(args)
+    given = any(getattr(args, f) for f in ("device", "flash", "ram", "macs", "latency"))
+    device, budget = budget_from_args(args) if given or not args.config else (None, None)
+    recipe = load_recipe(args.config) if args.config else None  # refuse a bad recipe before loading data
     name = dataset_name(args, spec)
     train, val = split_train_val(load_split(args, name, "train"))
     test = load_split(args, name, "test")
-    result = _compress(model, spec, budget, device, train, val, test, args, options_from_args(args))
+    if recipe is not None:
+        result = compress_with_recipe(model, {"stages": [{n: o} for n, o in recipe]}, train, val, test, budget,
+                                      output_dir=args.output, spec=spec, device=args.train_device,
+                                      resume=args.resume, progress=show_progress(args))
+    else:
+        result = _compress(model, spec, budget, device, train, val, test, args, options_from_args(args))
     emit(args, _summary(result), _render)
     return 0 if result.fits else EXIT_INFEASIBLE
 
