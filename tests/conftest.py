@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from cnncompress.data import ImageSet, load_dataset
+from cnncompress.models import ModelSpec
+from cnncompress.train import TrainConfig, fit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # /work/shared seen from /work/main/tests
 SHARED_DATA = SHARED / "data"
+DIGITS8 = ModelSpec("digits_cnn", {"width": 8})  # the small model the end-to-end tests compress
 SHARED_REASON = "needs ../shared/data (only present in CI and dev sessions)"
 
 
@@ -53,3 +58,19 @@ def mnist_test_small(requires_shared: Path) -> ImageSet:
 def cifar10_test_small(requires_shared: Path) -> ImageSet:
     """1000 stratified CIFAR-10 test images (seed 0); the first use per machine decodes the archive."""
     return load_dataset("cifar10", "test", data_dir=requires_shared).take(1000)
+
+
+@pytest.fixture(scope="session")
+def digits_split() -> tuple[ImageSet, ImageSet, ImageSet]:
+    """Digits (train minus 200 held out, the 200 validation images, test) for end-to-end runs."""
+    train, val = load_dataset("digits", "train").split(200, seed=0)
+    return train, val, load_dataset("digits", "test")
+
+
+@pytest.fixture(scope="session")
+def digits_cnn8(digits_split) -> nn.Module:
+    """``DIGITS8`` trained for 12 epochs on ``digits_split``'s training part (~96% test top-1)."""
+    torch.manual_seed(0)
+    model = DIGITS8.build()
+    fit(model, digits_split[0], TrainConfig(epochs=12, batch_size=64, lr=0.05), progress=False)
+    return model.eval()

@@ -5,40 +5,25 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import cnncompress.pipeline as pipeline
 from cnncompress.cli import main
-from cnncompress.data import load_dataset
-from cnncompress.models import ModelSpec, save_checkpoint
+from cnncompress.models import save_checkpoint
 from cnncompress.pipeline import BudgetInfeasible, CompressOptions, compress
 from cnncompress.plan import Budget
 from cnncompress.quant.deployable import read_deployable
-from cnncompress.train import TrainConfig, evaluate, fit
+from cnncompress.train import evaluate
+from conftest import DIGITS8
 
-SPEC = ModelSpec("digits_cnn", {"width": 8})
+SPEC = DIGITS8
 OPTIONS = CompressOptions(finetune_epochs=3, qat_epochs=3, batch_size=64, lr=0.02, sensitivity_images=150,
                           prune_options=(0.5,), calib_images=256, weight_bits=(4, 8))
 
 
-@pytest.fixture(scope="module")
-def data():
-    train, val = load_dataset("digits", "train").split(200, seed=0)
-    return train, val, load_dataset("digits", "test")
-
-
-@pytest.fixture(scope="module")
-def trained(data):
-    torch.manual_seed(0)
-    model = SPEC.build()
-    fit(model, data[0], TrainConfig(epochs=12, batch_size=64, lr=0.05), progress=False)
-    return model.eval()
-
-
-def test_tight_budget_is_met_on_the_written_files(tmp_path, data, trained):
-    train, val, test = data
+def test_tight_budget_is_met_on_the_written_files(tmp_path, digits_split, digits_cnn8):
+    train, val, test = digits_split
     budget = Budget.from_mapping({"flash_bytes": "4KB", "ram_bytes": "2KB", "max_accuracy_drop": 3.0})
-    result = compress(trained, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS,
+    result = compress(digits_cnn8, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS,
                       progress=False)
     assert result.fits, result.verification.describe()
     deployable = result.paths["deployable"]
@@ -54,16 +39,16 @@ def test_tight_budget_is_met_on_the_written_files(tmp_path, data, trained):
     assert report["fits"] is True and (tmp_path / "report.html").stat().st_size > 10_000
 
 
-def test_infeasible_budget_names_the_binding_constraint(tmp_path, data, trained):
-    train, val, test = data
+def test_infeasible_budget_names_the_binding_constraint(tmp_path, digits_split, digits_cnn8):
+    train, val, test = digits_split
     budget = Budget.from_mapping({"flash_bytes": "200B"})
     with pytest.raises(BudgetInfeasible, match="flash") as info:
-        compress(trained, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS, progress=False)
+        compress(digits_cnn8, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS, progress=False)
     assert info.value.result.constraint == "flash_bytes" and info.value.result.smallest > 200
 
 
-def test_cli_exit_code_3_for_an_infeasible_budget(tmp_path, capsys, trained):
-    weights = save_checkpoint(tmp_path / "w.pt", trained, SPEC)
+def test_cli_exit_code_3_for_an_infeasible_budget(tmp_path, capsys, digits_cnn8):
+    weights = save_checkpoint(tmp_path / "w.pt", digits_cnn8, SPEC)
     code = main(["compress", "--model", "digits_cnn", "--weights", str(weights), "--dataset", "digits",
                  "--flash", "200B", "--sensitivity-images", "100", "--output", str(tmp_path / "run")])
     assert code == 3
@@ -71,8 +56,8 @@ def test_cli_exit_code_3_for_an_infeasible_budget(tmp_path, capsys, trained):
     assert "flash" in err and len(err.strip().splitlines()) == 1
 
 
-def test_resume_continues_after_an_interrupted_stage(tmp_path, data, trained, monkeypatch):
-    train, val, test = data
+def test_resume_continues_after_an_interrupted_stage(tmp_path, digits_split, digits_cnn8, monkeypatch):
+    train, val, test = digits_split
     budget = Budget.from_mapping({"flash_bytes": "4KB", "max_accuracy_drop": 0.0})  # forces QAT to run
     real_qat = pipeline.qat
 
@@ -81,23 +66,23 @@ def test_resume_continues_after_an_interrupted_stage(tmp_path, data, trained, mo
 
     monkeypatch.setattr(pipeline, "qat", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        compress(trained, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS, progress=False)
+        compress(digits_cnn8, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS, progress=False)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert [s["name"] for s in manifest["stages"]] == ["r1-prune", "r1-finetune", "r1-quantize"]
 
     monkeypatch.setattr(pipeline, "qat", real_qat)
     calls = []
     monkeypatch.setattr(pipeline, "fit", lambda *a, **k: calls.append("fit"))  # fine-tuning must not rerun
-    result = compress(trained, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS,
+    result = compress(digits_cnn8, budget, train, val, test, output_dir=tmp_path, spec=SPEC, options=OPTIONS,
                       resume=True, progress=False)
     resumed = {s["name"]: s["resumed"] for s in result.stages}
     assert resumed["r1-prune"] and resumed["r1-finetune"] and resumed["r1-quantize"]
     assert not resumed["r1-qat"] and calls == []
 
 
-def test_a_finished_run_directory_is_not_overwritten(tmp_path, data, trained):
-    train, val, test = data
+def test_a_finished_run_directory_is_not_overwritten(tmp_path, digits_split, digits_cnn8):
+    train, val, test = digits_split
     (tmp_path / "manifest.json").write_text(json.dumps({"config": {}, "stages": []}))
     with pytest.raises(FileExistsError, match="--resume"):
-        compress(trained, Budget.from_mapping({"flash_bytes": "4KB"}), train, val, test, output_dir=tmp_path,
+        compress(digits_cnn8, Budget.from_mapping({"flash_bytes": "4KB"}), train, val, test, output_dir=tmp_path,
                  spec=SPEC, options=OPTIONS, progress=False)

@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
 from cnncompress.cli import main
-from cnncompress.data import load_dataset
-from cnncompress.models import ModelSpec, save_checkpoint
+from cnncompress.models import save_checkpoint
 from cnncompress.pipeline import compress_with_recipe
 from cnncompress.plan import Budget
 from cnncompress.quant.deployable import integer_state, read_deployable
 from cnncompress.recipe import RecipeError, load_recipe
-from cnncompress.train import TrainConfig, fit
+from conftest import DIGITS8
 
-SPEC = ModelSpec("digits_cnn", {"width": 8})
+SPEC = DIGITS8
 RECIPE = {"stages": [
     {"prune": {"ratio": 0.25}},
     {"finetune": {"epochs": 3, "lr": 0.02, "batch_size": 64}},
@@ -48,24 +46,10 @@ def test_recipe_file_is_parsed_safely(tmp_path):
         load_recipe(path)
 
 
-@pytest.fixture(scope="module")
-def data():
-    train, val = load_dataset("digits", "train").split(200, seed=0)
-    return train, val, load_dataset("digits", "test")
-
-
-@pytest.fixture(scope="module")
-def trained(data):
-    torch.manual_seed(0)
-    model = SPEC.build()
-    fit(model, data[0], TrainConfig(epochs=12, batch_size=64, lr=0.05), progress=False)
-    return model.eval()
-
-
-def test_recipe_runs_deploys_and_verifies(tmp_path, data, trained):
-    train, val, test = data
+def test_recipe_runs_deploys_and_verifies(tmp_path, digits_split, digits_cnn8):
+    train, val, test = digits_split
     budget = Budget.from_mapping({"flash_bytes": "8KB", "max_accuracy_drop": 5.0})
-    result = compress_with_recipe(trained, RECIPE, train, val, test, budget, output_dir=tmp_path, spec=SPEC,
+    result = compress_with_recipe(digits_cnn8, RECIPE, train, val, test, budget, output_dir=tmp_path, spec=SPEC,
                                   progress=False)
     assert result.fits, result.verification.describe()
     assert [s["name"] for s in result.stages] == ["prune1", "finetune2", "sparsify3", "finetune4", "quantize5",
@@ -77,8 +61,8 @@ def test_recipe_runs_deploys_and_verifies(tmp_path, data, trained):
     assert json.loads((tmp_path / "report.json").read_text())["fits"] is True
 
 
-def test_cli_compress_with_a_recipe(tmp_path, capsys, trained):
-    weights = save_checkpoint(tmp_path / "w.pt", trained, SPEC)
+def test_cli_compress_with_a_recipe(tmp_path, capsys, digits_cnn8):
+    weights = save_checkpoint(tmp_path / "w.pt", digits_cnn8, SPEC)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"stages": [{"quantize": {"weight_bits": 8}}]}))
     code = main(["compress", "--model", "digits_cnn", "--weights", str(weights), "--dataset", "digits",

@@ -6,8 +6,9 @@ import contextlib
 import os
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,3 +63,24 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def per_layer(names: Iterable[str], value: Any, what: str, cast: Callable[[Any], Any],
+              valid: Callable[[Any], bool], expected: str) -> dict[str, Any]:
+    """``value`` for every layer in ``names``, or a ``{layer: value}`` mapping over known layers, validated.
+
+    One rule for every per-layer option (sparsity, bits, ...): unknown layer names and out-of-range
+    values are refused with a message naming them.
+    """
+    names = list(names)
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(f"no {what} layer named {', '.join(unknown)}; layers: {', '.join(names)}")
+        chosen = {name: cast(v) for name, v in value.items()}
+    else:
+        chosen = dict.fromkeys(names, cast(value))
+    for name, v in chosen.items():
+        if not valid(v):
+            raise ValueError(f"{what} of {name} must be {expected}, got {v}")
+    return chosen

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..prune.unstructured import make_permanent, prunable_layers
+from ..utils import per_layer
 
 CENTROIDS = "weight_centroids"
 CODES = "weight_codes"
@@ -62,17 +63,7 @@ def _rebuild_weight(module: nn.Module, _args: Any = None) -> None:
 
 
 def _layer_bits(layers: Mapping[str, nn.Module], bits: Bits) -> dict[str, int]:
-    if isinstance(bits, Mapping):
-        unknown = sorted(set(bits) - set(layers))
-        if unknown:
-            raise ValueError(f"no layer named {', '.join(unknown)} to share; layers: {', '.join(layers)}")
-        chosen = {name: int(b) for name, b in bits.items()}
-    else:
-        chosen = dict.fromkeys(layers, int(bits))
-    for name, b in chosen.items():
-        if not 1 <= b <= 8:
-            raise ValueError(f"bits for {name} must be 1..8, got {b}")
-    return chosen
+    return per_layer(layers, bits, "shareable", int, lambda b: 1 <= b <= 8, "1..8 bits")
 
 
 def share_weights(model: nn.Module, bits: Bits, exclude: Iterable[str] = ()) -> tuple[nn.Module, list[SharedLayer]]:

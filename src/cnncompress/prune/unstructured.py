@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils import per_layer
 from .schedules import AGPSchedule
 
 MASK = "weight_mask"
@@ -37,17 +38,7 @@ def prunable_layers(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, 
 
 
 def _targets(layers: Mapping[str, nn.Module], sparsity: Sparsity) -> dict[str, float]:
-    if isinstance(sparsity, Mapping):
-        unknown = sorted(set(sparsity) - set(layers))
-        if unknown:
-            raise ValueError(f"no prunable layer named {', '.join(unknown)}; layers: {', '.join(layers)}")
-        targets = {name: float(s) for name, s in sparsity.items()}
-    else:
-        targets = dict.fromkeys(layers, float(sparsity))
-    for name, s in targets.items():
-        if not 0.0 <= s < 1.0:
-            raise ValueError(f"sparsity of {name} must be in [0, 1), got {s}")
-    return targets
+    return per_layer(layers, sparsity, "prunable", float, lambda s: 0.0 <= s < 1.0, "in [0, 1)")
 
 
 # ----------------------------------------------------------------------------------------- masks
