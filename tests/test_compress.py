@@ -13,7 +13,7 @@ from cnncompress.pipeline import BudgetInfeasible, CompressOptions, compress
 from cnncompress.plan import Budget
 from cnncompress.quant.deployable import read_deployable
 from cnncompress.train import evaluate
-from conftest import DIGITS8
+from testsupport import DIGITS8
 
 SPEC = DIGITS8
 OPTIONS = CompressOptions(finetune_epochs=3, qat_epochs=3, batch_size=64, lr=0.02, sensitivity_images=150,

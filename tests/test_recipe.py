@@ -13,7 +13,7 @@ from cnncompress.pipeline import compress_with_recipe
 from cnncompress.plan import Budget
 from cnncompress.quant.deployable import integer_state, read_deployable
 from cnncompress.recipe import RecipeError, load_recipe
-from conftest import DIGITS8
+from testsupport import DIGITS8
 
 SPEC = DIGITS8
 RECIPE = {"stages": [

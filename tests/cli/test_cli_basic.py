@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cnncompress.cli import main
-from conftest import SHARED
+from testsupport import SHARED
 
 
 def run_json(capsys, *argv: str) -> dict:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnncompress.models import CheckpointError, ModelSpec, build_model, load_model, save_checkpoint
-from conftest import SHARED
+from testsupport import SHARED
 
 
 def test_round_trip_preserves_weights_and_meta(tmp_path):
