@@ -50,6 +50,19 @@ def _layer_rows(report: RunReport) -> list[list[Any]]:
              l.act_bits_after, f"{100 * l.sparsity:.0f}%"] for l in report.layers]
 
 
+STAGE_HEADER = ["stage", "seconds", "resumed", "summary"]
+
+
+def _stage_rows(report: RunReport) -> list[list[Any]]:
+    """One row per stage; the summary's scalar figures as ``key=value`` (nested detail stays in the JSON)."""
+    def scalar(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    return [[s.get("name", "?"), f"{s.get('seconds', 0.0):.1f}", "yes" if s.get("resumed") else "no",
+             ", ".join(f"{k}={scalar(v)}" for k, v in (s.get("summary") or {}).items()
+                       if isinstance(v, (int, float, str, bool)))] for s in report.stages]
+
+
 def _verdict(report: RunReport) -> str:
     return {True: "fits the budget (measured)", False: "does NOT fit the budget (measured)",
             None: "not verified"}[report.fits]
@@ -72,7 +85,7 @@ def render_markdown(report: RunReport) -> str:
                   markdown_table(plan_rows(report.plan), PLAN_HEADER), ""]
         lines += [f"- warning: {w}" for w in report.plan.get("warnings", [])]
     if report.stages:
-        lines += ["## Stages", ""] + [f"- {json.dumps(s, default=str)}" for s in report.stages] + [""]
+        lines += ["## Stages", "", markdown_table(_stage_rows(report), STAGE_HEADER), ""]
     if report.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
     if report.paths:
@@ -116,8 +129,7 @@ def render_html(report: RunReport) -> str:
                   _html_table(plan_rows(report.plan), PLAN_HEADER)]
         parts += [f"<p class=no>warning: {html.escape(w)}</p>" for w in report.plan.get("warnings", [])]
     if report.stages:
-        parts += ["<h2>Stages</h2>", "<ul>" + "".join(
-            f"<li><code>{html.escape(json.dumps(s, default=str))}</code></li>" for s in report.stages) + "</ul>"]
+        parts += ["<h2>Stages</h2>", _html_table(_stage_rows(report), STAGE_HEADER)]
     if report.notes:
         parts += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>"]
     body = "\n".join(parts)
