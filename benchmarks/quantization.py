@@ -9,7 +9,12 @@ Writes ``<out>.json`` and ``<out>.md``.
 
     python benchmarks/quantization.py                         # everything; QAT is short on CPU
     python benchmarks/quantization.py --device cuda --qat-epochs 15
+    python benchmarks/quantization.py --qat-from DIR          # QAT rows from checkpoints trained elsewhere
     python benchmarks/quantization.py --smoke --out /tmp/q    # ResNet-20, 500 images: checks the script
+
+``--qat-from`` takes the folder that ``benchmarks/gpu_jobs.py run`` fills on a lent GPU (which cannot
+read ../shared); those models are exported, evaluated and timed here. Rows of models not run in this
+invocation are kept from the existing ``<out>.json``, each with the command that measured it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from cnncompress.export import export_onnx_fp32
 from cnncompress.export.onnx_qdq import OnnxRuntimeModule, compare_top1, export_onnx, weight_storage_bytes
 from cnncompress.models import ModelSpec, load_model
 from cnncompress.quant import CALIBRATORS, qat, quantize
+from cnncompress.quant.checkpoint import load_quantized
 from cnncompress.quant.data import calibration_batches
 from cnncompress.train import TrainConfig, evaluate
 from cnncompress.utils import atomic_write_text
@@ -56,6 +62,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--qat-batches", type=int, default=None, help="batches per QAT epoch (default: all)")
     p.add_argument("--qat-lr", type=float, default=1e-4, help="Adam learning rate for QAT")
     p.add_argument("--device", default="cpu", help="device for QAT (cpu or cuda)")
+    p.add_argument("--qat-from", type=Path, help="folder of QAT checkpoints from gpu_jobs.py (skips QAT here)")
     p.add_argument("--latency-repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: torch's)")
     p.add_argument("--data-dir", default=str(SHARED / "data"))
@@ -66,6 +73,19 @@ def parse_args() -> argparse.Namespace:
         args.models, args.calibrators, args.test_size, args.calib_size = "resnet20", "mse", 500, 256
         args.adaround_iters, args.qat_epochs, args.qat_batches, args.latency_repeats = 20, 1, 5, 5
     return args
+
+
+def qat_config(epochs: int, lr: float, device: str, batches: int | None = None) -> TrainConfig:
+    """QAT recipe: Adam without weight decay (it would shrink the LSQ step sizes), batch 128."""
+    return TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=lr, weight_decay=0.0, device=device,
+                       max_batches_per_epoch=batches)
+
+
+def train_qat(model: torch.nn.Module, calib: ImageSet, train: ImageSet, weight_bits: int, act_bits: int,
+              config: TrainConfig, val: ImageSet | None = None):
+    """MSE-calibrated PTQ, then QAT with LSQ distilled from ``model``: ``(qmodel, record)``."""
+    qmodel = quantize(model, calib, weight_bits=weight_bits, act_bits=act_bits)
+    return qmodel, qat(qmodel, train, config, val=val, teacher=model, learnable_scales=True, progress=False)
 
 
 class Bench:
@@ -110,15 +130,20 @@ class Bench:
         return self.deploy(qmodel, config, method, time.perf_counter() - began)
 
     def qat(self, config: str, weight_bits: int, act_bits: int) -> dict[str, Any]:
-        began = time.perf_counter()
-        qmodel = quantize(self.model, self.calib, weight_bits=weight_bits, act_bits=act_bits)
         a = self.args
-        train_config = TrainConfig(epochs=a.qat_epochs, batch_size=128, optimizer="adam", lr=a.qat_lr, weight_decay=0.0,
-                                   device=a.device, max_batches_per_epoch=a.qat_batches)
-        record = qat(qmodel, self.train, train_config, teacher=self.model, learnable_scales=True, progress=False)
+        began = time.perf_counter()
+        if a.qat_from:
+            qmodel, _, _ = load_quantized(a.qat_from / f"qat-{self.name}-{config}.pt")
+            job = json.loads((a.qat_from / f"qat-{self.name}-{config}.json").read_text())
+            trained_on = f"{job['device']} ({job['train_images']} images)"
+            epochs, history = job["epochs"], job["history"]
+        else:
+            train_config = qat_config(a.qat_epochs, a.qat_lr, a.device, a.qat_batches)
+            qmodel, record = train_qat(self.model, self.calib, self.train, weight_bits, act_bits, train_config)
+            epochs, history, trained_on = a.qat_epochs, record.history, a.device
         self.model.cpu()
-        row = self.deploy(qmodel.cpu(), config, f"QAT+LSQ {a.qat_epochs} ep", time.perf_counter() - began)
-        row["qat_history"] = record.history
+        row = self.deploy(qmodel.cpu(), config, f"QAT+LSQ {epochs} ep", time.perf_counter() - began)
+        row.update(qat_history=history, qat_device=trained_on)
         return row
 
     def ort_quantize_static(self) -> dict[str, Any]:
@@ -142,6 +167,14 @@ class Bench:
                 "onnx_file_bytes": path.stat().st_size, **self.timed(path), "quantize_seconds": seconds}
 
 
+def qat_available(args: argparse.Namespace, name: str, config: str) -> bool:
+    """QAT runs here, or its checkpoint exists in ``--qat-from`` (a missing one is reported and skipped)."""
+    if args.qat_from is None or (args.qat_from / f"qat-{name}-{config}.pt").is_file():
+        return True
+    print(f"no {config} QAT checkpoint for {name} in {args.qat_from}: row skipped", file=sys.stderr)
+    return False
+
+
 def run_model(args: argparse.Namespace, name: str, train: ImageSet, test: ImageSet) -> list[dict[str, Any]]:
     bench = Bench(args, name, train, test, train.take(args.calib_size, seed=0))
     configs = set(args.configs.split(","))
@@ -154,10 +187,9 @@ def run_model(args: argparse.Namespace, name: str, train: ImageSet, test: ImageS
     if "w4a8-adaround" in configs:
         steps.append(lambda: bench.ptq("w4a8", f"mse + AdaRound {args.adaround_iters} it", weight_bits=4,
                                        adaround=True, adaround_iters=args.adaround_iters))
-    if "w4a4-qat" in configs:
-        steps.append(lambda: bench.qat("w4a4", 4, 4))
-    if "w2a4-qat" in configs:
-        steps.append(lambda: bench.qat("w2a4", 2, 4))
+    for config, bits in (("w4a4", (4, 4)), ("w2a4", (2, 4))):
+        if f"{config}-qat" in configs and qat_available(args, name, config):
+            steps.append(lambda c=config, b=bits: bench.qat(c, *b))
     if "ort" in configs:
         steps.append(bench.ort_quantize_static)
     for step in steps:
@@ -168,8 +200,27 @@ def run_model(args: argparse.Namespace, name: str, train: ImageSet, test: ImageS
     return rows
 
 
+def kept_rows(path: Path, models: list[str]) -> list[dict[str, Any]]:
+    """Rows of the other models from an earlier run's JSON, so models can be measured one at a time."""
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    command = old["settings"].get("command", "")
+    return [{"command": command, **row} for row in old["rows"] if row["model"] not in models]
+
+
 def _fmt(value: Any, spec: str = ".2f") -> str:
     return "" if value is None else format(value, spec)
+
+
+def qat_training(payload: dict[str, Any]) -> str:
+    """Where the QAT rows were trained, in words."""
+    s = payload["settings"]
+    if not s.get("qat_from"):
+        return f"QAT {s['qat_epochs']} epoch(s), {s['qat_batches'] or 'all'} batches per epoch on {s['device']}"
+    trained = [f"{r['model']} {r['config']} on {r['qat_device']}" for r in payload["rows"] if "qat_device" in r]
+    return (f"QAT rows trained by `benchmarks/gpu_jobs.py` ({'; '.join(trained)}; epochs in the method column, "
+            "sized to a shared time budget; Adam, LSQ, distilled from fp32; 2,000 training images held out)")
 
 
 def to_markdown(payload: dict[str, Any]) -> str:
@@ -177,8 +228,8 @@ def to_markdown(payload: dict[str, Any]) -> str:
     lines = ["# Quantization: shared pretrained CIFAR ResNets, deployed in onnxruntime", "",
              f"Measured {payload['date']} on {s['cpu']} ({s['threads']} onnxruntime threads), torch "
              f"{s['torch']}, onnxruntime {s['onnxruntime']}. Test images: {s['test_size']}; calibration: "
-             f"{s['calib_size']} training images; AdaRound {s['adaround_iters']} iterations per layer; QAT "
-             f"{s['qat_epochs']} epoch(s), {s['qat_batches'] or 'all'} batches per epoch on {s['device']}.",
+             f"{s['calib_size']} training images; AdaRound {s['adaround_iters']} iterations per layer; "
+             f"{qat_training(payload)}.",
              f"Goals: {GOALS}.", "",
              "| model | config | method | simulated top-1 % | onnxruntime top-1 % | agreement % | weight bytes "
              "| ort ms b1 | ort ms b64 | speedup b1 | speedup b64 |",
@@ -191,7 +242,12 @@ def to_markdown(payload: dict[str, Any]) -> str:
     lines += ["", "Weight bytes: fp32 parameters for the fp32 row; packed quantized weights plus int32 biases and "
               "float32 scales otherwise (the ONNX file stores sub-8-bit codes as int8). Latency: median of "
               f"{s['latency_repeats']} runs; speedup against the fp32 ONNX model timed right before each row "
-              f"(fp32 ms in the JSON). Command: `{s['command']}`", ""]
+              "(fp32 ms in the JSON). QAT rows name their epochs; where they were trained is in the JSON "
+              "(`qat_device`). Commands:", ""]
+    commands = {}
+    for r in payload["rows"]:
+        commands.setdefault(r.get("command", s["command"]), []).append(r["model"])
+    lines += [f"- {', '.join(dict.fromkeys(models))}: `{cmd}`" for cmd, models in commands.items()] + [""]
     return "\n".join(lines)
 
 
@@ -209,16 +265,17 @@ def main() -> None:
     train = load_dataset("cifar10", "train", data_dir=args.data_dir)
     test = load_dataset("cifar10", "test", data_dir=args.data_dir)
     test = test if args.test_size >= len(test) else test.take(args.test_size, seed=0)
-    rows = []
+    command = " ".join(["python", *sys.argv])
+    out = Path(args.out)
+    rows = kept_rows(out.with_suffix(".json"), args.models.split(","))
     for name in args.models.split(","):
-        rows += run_model(args, name, train, test)
-    settings = {**vars(args), "test_size": len(test),
+        rows += [{**row, "command": command} for row in run_model(args, name, train, test)]
+    settings = {**vars(args), "qat_from": args.qat_from and str(args.qat_from), "test_size": len(test),
                 "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
                 "onnxruntime": ort.__version__, "cpu": _cpu_name(),
-                "command": " ".join(["python", *sys.argv])}
+                "command": command}
     payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "settings": settings,
                "paper_fp32": PAPER_FP32, "rows": rows}
-    out = Path(args.out)
     atomic_write_text(out.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
     atomic_write_text(out.with_suffix(".md"), to_markdown(payload))
     print(to_markdown(payload))

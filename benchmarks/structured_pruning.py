@@ -7,9 +7,16 @@ unpruned model measured in the same run. Side by side, in the same run: Torch-Pr
 reached (counted by the same profiler) and accuracy right after pruning. Literature rows are quoted
 from the papers, not measured. Writes ``<out>.json`` and ``<out>.md``.
 
+Every criterion prunes inside the residual blocks and keeps the residual stream whole (the shortcut
+channels, ``RESIDUAL_STREAM``); ``--all-layers`` adds rows that prune the stream too.
+
     python benchmarks/structured_pruning.py                  # CPU quick mode (under an hour on 2 cores)
     python benchmarks/structured_pruning.py --device cuda    # full mode (long fine-tuning, GPU)
+    python benchmarks/structured_pruning.py --finetuned DIR  # full mode from checkpoints fine-tuned elsewhere
     python benchmarks/structured_pruning.py --smoke          # seconds: checks the script end to end
+
+``--finetuned`` takes the folder that ``benchmarks/gpu_jobs.py run`` fills on a lent GPU (which cannot
+read ../shared): the fine-tuned models are evaluated on the full test set and timed here.
 """
 
 from __future__ import annotations
@@ -76,12 +83,35 @@ MODES = {
 }
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A criterion and whether the residual stream is kept whole (the default) or pruned too."""
+
+    criterion: str
+    all_layers: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.criterion}-all" if self.all_layers else self.criterion
+
+    @property
+    def exclude(self) -> tuple[str, ...]:
+        return () if self.all_layers else RESIDUAL_STREAM
+
+
+def variants(criteria: tuple[str, ...], all_layers: tuple[str, ...]) -> list[Variant]:
+    return [Variant(c) for c in criteria] + [Variant(c, all_layers=True) for c in all_layers]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=sorted(MODES), help="default: full with --device cuda, else quick")
     p.add_argument("--smoke", action="store_true", help="same as --mode smoke")
     p.add_argument("--device", default="cpu", help="training/evaluation device (cpu or cuda)")
     p.add_argument("--criteria", help=f"comma-separated subset of {','.join(CRITERIA)}")
+    p.add_argument("--all-layers", default="fpgm",
+                   help="criteria also run with the residual stream pruned (comma-separated; '' for none)")
+    p.add_argument("--finetuned", type=Path, help="folder of fine-tuned checkpoints from gpu_jobs.py (full mode)")
     p.add_argument("--target-macs", type=float, default=0.5)
     p.add_argument("--epochs", type=int, help="override the mode's fine-tuning epochs")
     p.add_argument("--weights", default=str(WEIGHTS))
@@ -89,13 +119,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output prefix (default results/structured_pruning; runs/... for --smoke)")
     args = p.parse_args(argv)
-    args.mode = "smoke" if args.smoke else args.mode or ("full" if args.device.startswith("cuda") else "quick")
+    full = args.device.startswith("cuda") or args.finetuned is not None
+    args.mode = "smoke" if args.smoke else args.mode or ("full" if full else "quick")
     mode = MODES[args.mode]
+    args.all_layers = tuple(c for c in args.all_layers.split(",") if c) if args.mode != "smoke" else ()
     if args.criteria:
-        unknown = set(args.criteria.split(",")) - set(CRITERIA)
-        if unknown:
-            p.error(f"unknown criteria {sorted(unknown)}")
         mode = replace(mode, criteria=tuple(args.criteria.split(",")))
+    unknown = set(mode.criteria + args.all_layers) - set(CRITERIA)
+    if unknown:
+        p.error(f"unknown criteria {sorted(unknown)}")
     if args.epochs is not None:
         mode = replace(mode, epochs=args.epochs)
     args.settings = mode
@@ -140,27 +172,55 @@ def taylor_batches(train: ImageSet, n: int = TAYLOR_BATCHES) -> list[tuple[torch
 
 
 # ------------------------------------------------------------------------------------ cnncompress
-def run_criterion(criterion: str, base: nn.Module, train: ImageSet, test: ImageSet, args, base_latency):
+def prune_variant(base: nn.Module, variant: Variant, train: ImageSet, target_macs: float):
+    """``(pruned, record, seconds)``: ``variant`` applied to a copy of ``base``, bisected to ``target_macs``."""
+    importance = Taylor(TAYLOR_BATCHES) if variant.criterion == "taylor" else variant.criterion
+    data = taylor_batches(train) if variant.criterion == "taylor" else None
+    seed_everything(0)  # the random criterion draws the same channels here and on a GPU machine
+    began = time.perf_counter()
+    pruned, record = prune_channels(base, SHAPE, target_macs=target_macs, criterion=importance, data=data,
+                                    exclude=variant.exclude, return_record=True)
+    return pruned, record, time.perf_counter() - began
+
+
+def finetune_config(mode: Mode, device: str, seed: int, epochs: int | None = None) -> TrainConfig:
+    """The fine-tuning recipe of ``mode`` (distillation from the unpruned model is added by the caller)."""
+    return TrainConfig(epochs=mode.epochs if epochs is None else epochs, batch_size=mode.batch_size, lr=mode.lr,
+                       seed=seed, device=device, max_batches_per_epoch=mode.max_batches)
+
+
+def finetuned_elsewhere(folder: Path, variant: Variant, pruned: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """The fine-tuned checkpoint of ``variant`` from ``folder`` (gpu_jobs.py), checked against ``pruned``."""
+    path = folder / f"prune-{variant.name}.pt"
+    model, _, meta = load_model(path)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in pruned.state_dict().items()}
+    if got != want:
+        raise ValueError(f"{path} has other layer widths than {variant.name} pruned here: not the same pruning")
+    return model, json.loads((folder / f"prune-{variant.name}.json").read_text())
+
+
+def run_variant(variant: Variant, base: nn.Module, train: ImageSet, test: ImageSet, args, base_latency):
     mode: Mode = args.settings
-    importance = Taylor(TAYLOR_BATCHES) if criterion == "taylor" else criterion
-    data = taylor_batches(train) if criterion == "taylor" else None
-    began = time.perf_counter()
-    pruned, record = prune_channels(base, SHAPE, target_macs=args.target_macs, criterion=importance, data=data,
-                                    return_record=True)
-    prune_seconds = time.perf_counter() - began
-    row: dict[str, Any] = {"criterion": criterion, "prune_seconds": prune_seconds, "ratio": record.ratio,
-                           "search_steps": len(record.search), **costs(pruned),
-                           "macs_fraction": record.macs_fraction, "params_fraction": record.params_fraction,
+    pruned, record, prune_seconds = prune_variant(base, variant, train, args.target_macs)
+    row: dict[str, Any] = {"criterion": variant.name, "residual_stream": "pruned" if variant.all_layers else "kept",
+                           "prune_seconds": prune_seconds, "ratio": record.ratio, "search_steps": len(record.search),
+                           **costs(pruned), "macs_fraction": record.macs_fraction,
+                           "params_fraction": record.params_fraction,
                            "top1_pruned": top1(pruned, test, args.device)}
-    config = TrainConfig(epochs=mode.epochs, batch_size=mode.batch_size, lr=mode.lr, seed=args.seed,
-                         device=args.device, max_batches_per_epoch=mode.max_batches)
-    began = time.perf_counter()
-    fit(pruned, train, config, teacher=copy.deepcopy(base), progress=sys.stderr.isatty())
-    row["finetune_seconds"] = time.perf_counter() - began
+    if args.finetuned:
+        pruned, job = finetuned_elsewhere(args.finetuned, variant, pruned)
+        row.update(finetune_seconds=job["train_seconds"], epochs=job["epochs"], finetuned_on=job["device"],
+                   train_images=job["train_images"], history=job["history"])
+    else:
+        began = time.perf_counter()
+        fit(pruned, train, finetune_config(mode, args.device, args.seed), teacher=copy.deepcopy(base),
+            progress=sys.stderr.isatty())
+        row.update(finetune_seconds=time.perf_counter() - began, epochs=mode.epochs, finetuned_on=args.device)
     row["top1_finetuned"] = top1(pruned, test, args.device)
     row["latency_ms"] = latency(pruned, mode, args.device)
     row["speedup"] = speedup(base_latency, row["latency_ms"])
-    log.info("%s: %s", criterion, {k: v for k, v in row.items() if not isinstance(v, dict)})
+    log.info("%s: %s", variant.name, {k: v for k, v in row.items() if not isinstance(v, dict | list)})
     return row
 
 
@@ -263,16 +323,29 @@ def environment(args) -> dict[str, Any]:
             "cuda_device": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
 
 
+def finetuning(result: dict[str, Any]) -> str:
+    """Where and how long the rows were fine-tuned, in words."""
+    s, rows = result["settings"], result["criteria"]
+    if not s.get("finetuned_from"):
+        return f"{s['epochs']} epoch(s) x {s['max_batches'] or 'all'} batches here"
+    job = rows[0]
+    epochs = ", ".join(f"{r['criterion']}: {r['epochs']} epochs" for r in rows)
+    return (f"elsewhere by `python benchmarks/gpu_jobs.py run` on {job['finetuned_on']} "
+            f"({epochs}; epochs sized to a shared "
+            f"time budget; {job['train_images']} training images, 2,000 held out for validation)")
+
+
 def render(result: dict[str, Any]) -> str:
     s, base = result["settings"], result["baseline"]
     lines = [f"# Structured pruning: ResNet-56 at {s['target_macs']:.0%} MACs ({result['mode']} mode)", "",
              f"Measured {result['environment']['utc']} on {result['environment']['device']} "
              f"(torch {result['environment']['torch']}, {result['environment']['torch_threads']} threads). "
-             f"Fine-tuning: {s['epochs']} epoch(s) x {s['max_batches'] or 'all'} batches of {s['batch_size']}, "
+             f"Fine-tuning: {finetuning(result)}, batches of {s['batch_size']}, cosine from "
              f"lr {s['lr']}, distilled from the unpruned model; accuracy on {s['test_images']} CIFAR-10 test "
              "images (stratified subset unless 10000). Latency: median ms of the unpruned model, speedup "
              f"(unpruned / pruned) for the others; onnxruntime on CPU. Criteria run: {', '.join(s['criteria'])}. "
-             "'prune s' includes the bisection to the MACs target.", "",
+             "'prune s' includes the bisection to the MACs target; '-all' rows prune the residual stream too. "
+             f"Command: `{s['command']}`", "",
              "| criterion | prune s | MACs (M) | MACs x | params (M) | top-1 pruned | top-1 fine-tuned | "
              "torch b1 | torch b64 | ort b1 | ort b64 |", "|---|" + "---:|" * 10,
              f"| unpruned | - | {base['macs'] / 1e6:.1f} | 1.00 | {base['params'] / 1e6:.3f} | {base['top1']:.2f} | - "
@@ -317,9 +390,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         test = test.take(mode.test_images, seed=args.seed)
     baseline = {**costs(base), "top1": top1(base, test, args.device), "latency_ms": latency(base, mode, args.device)}
     log.info("baseline: %s", baseline)
-    rows = [run_criterion(c, base, train, test, args, baseline["latency_ms"]) for c in mode.criteria]
+    rows = [run_variant(v, base, train, test, args, baseline["latency_ms"])
+            for v in variants(mode.criteria, args.all_layers)]
     result = {"benchmark": "structured_pruning", "mode": args.mode, "environment": environment(args),
               "settings": {**mode.__dict__, "target_macs": args.target_macs, "seed": args.seed,
+                           "all_layers": args.all_layers, "command": " ".join(["python", *sys.argv]),
+                           "finetuned_from": args.finetuned and str(args.finetuned),
                            "test_images": len(test), "weights": Path(args.weights).name,
                            "taylor_batches": TAYLOR_BATCHES},
               "baseline": baseline, "criteria": rows, "side_by_side": side_by_side(base, train, test, args),

@@ -140,12 +140,24 @@ def _check_finite(loss: torch.Tensor, epoch: int) -> None:
         raise FloatingPointError(f"training diverged: loss is {loss.item()} in epoch {epoch + 1}; lower the lr")
 
 
+def _to_device(tensor: torch.Tensor, device: str) -> torch.Tensor:
+    """Copy without stalling the host: from pageable memory a CUDA copy waits for the queued kernels."""
+    if torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+SYNC_EVERY = 25  # steps between host reads of the running loss: each read stalls an accelerator's queue
+
+
 def _run_epoch(model, train: ImageSet, config, optimizer, epoch, teacher, loss_terms, after_step, progress):
     model.train()
     n_batches = train.num_batches(config.batch_size, drop_last=True)
     if config.max_batches_per_epoch:
         n_batches = min(n_batches, config.max_batches_per_epoch)
-    total_loss, correct, seen = 0.0, 0, 0
+    loss_sum = torch.zeros((), device=config.device)
+    correct = torch.zeros((), dtype=torch.long, device=config.device)
+    seen = 0
     batches = train.batches(config.batch_size, shuffle=True, augment=config.augment,
                             seed=config.seed * 1000 + epoch, drop_last=True)
     bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
@@ -154,21 +166,23 @@ def _run_epoch(model, train: ImageSet, config, optimizer, epoch, teacher, loss_t
             break
         for group in optimizer.param_groups:
             group["lr"] = config.lr * _lr_factor(config, (epoch + step / n_batches) / max(config.epochs, 1))
-        x, y = x.to(config.device), y.to(config.device)
+        x, y = _to_device(x, config.device), _to_device(y, config.device)
         loss, logits = _batch_loss(model, x, y, config, teacher, loss_terms)
-        _check_finite(loss, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         for hook in after_step:
             hook(model)
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         bar.update(1)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        if (step + 1) % SYNC_EVERY == 0 or step + 1 == n_batches:
+            _check_finite(loss_sum, epoch)
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
     bar.close()
-    return total_loss / max(seen, 1), 100.0 * correct / max(seen, 1)
+    _check_finite(loss_sum, epoch)
+    return loss_sum.item() / max(seen, 1), 100.0 * correct.item() / max(seen, 1)
 
 
 def fit(model: nn.Module, train: ImageSet, config: TrainConfig, val: ImageSet | None = None,
