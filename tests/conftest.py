@@ -11,12 +11,12 @@ from torch import nn
 from cnncompress.data import ImageSet, load_dataset
 from cnncompress.models import build_model
 from cnncompress.train import TrainConfig, fit
-from testsupport import DIGITS8, SHARED_DATA, SHARED_REASON
+from testsupport import DIGITS8, SHARED_DATA, SHARED_PRESENT, SHARED_REASON
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``@pytest.mark.shared`` skip, with a reason, where ../shared/data is absent."""
-    if SHARED_DATA.is_dir():
+    """Tests marked ``@pytest.mark.shared`` skip, with a reason, where ../shared is absent or partial."""
+    if SHARED_PRESENT:
         return
     skip = pytest.mark.skip(reason=SHARED_REASON)
     for item in items:
@@ -26,8 +26,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def requires_shared() -> Path:
-    """The shared data directory; skips the requesting test where it is absent."""
-    if not SHARED_DATA.is_dir():
+    """The shared data directory; skips the requesting test where ../shared is absent or partial."""
+    if not SHARED_PRESENT:
         pytest.skip(SHARED_REASON)
     return SHARED_DATA
 

@@ -17,8 +17,8 @@ from cnncompress.graph import build_channel_graph
 from cnncompress.models import CifarResNet, ModelSpec, build_model, load_model, save_checkpoint
 from cnncompress.prune import Importance, prune_channels
 from cnncompress.train import TrainConfig, fit
+from testsupport import SHARED_PRETRAINED
 
-PRETRAINED = Path(__file__).resolve().parents[3] / "shared" / "pretrained"
 ATOL = 1e-5
 
 
@@ -110,7 +110,7 @@ def test_lenet_flatten_into_linear(mnist_test_small):
 @pytest.mark.shared
 @pytest.mark.parametrize("name", ["resnet20", "resnet56"])
 def test_pretrained_resnets(name, cifar10_test_small):
-    path = next(PRETRAINED.glob(f"{name}-*.th"))
+    path = next(SHARED_PRETRAINED.glob(f"{name}-*.th"))
     model, _, _ = load_model(path, ModelSpec(name))
     check_equivalent(model, cifar10_test_small.tensors()[0][:16], frac=0.35)
 
