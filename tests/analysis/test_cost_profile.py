@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -148,3 +149,26 @@ def test_macs_agree_with_torch_flop_counter(name: str) -> None:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.randn(1, *shape))
     assert count_macs(model, shape) * 2 == counter.get_total_flops()
+
+
+class FunctionalNet(nn.Module):
+    """A conv module, then a functional conv with its own weight and a matmul head: 3 kinds of MACs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.kernel = nn.Parameter(torch.randn(4, 8, 3, 3))
+        self.head = nn.Parameter(torch.randn(4 * 8 * 8, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(self.conv(x), self.kernel, padding=1)
+        return x.flatten(1) @ self.head
+
+
+def test_functional_conv_and_matmul_macs_are_counted() -> None:
+    module_macs = 8 * 8 * 8 * 3 * 9
+    functional = 4 * 8 * 8 * 8 * 9 + 4 * 8 * 8 * 10
+    report = profile(FunctionalNet(), (3, 8, 8))
+    assert (report.macs, report.functional_macs) == (module_macs + functional, functional)
+    assert count_macs(FunctionalNet(), (3, 8, 8)) == module_macs + functional
+    assert f"{functional:,} MACs of functional" in report.table()

@@ -2,7 +2,9 @@
 
 Figures are per ONE input image. MACs are the multiply-accumulates of convolution and linear layers
 (bias additions, BN, activations and pooling are not counted), attributed per module with forward
-hooks so each layer's share is visible; layers called several times accumulate their MACs.
+hooks so each layer's share is visible; layers called several times accumulate their MACs. Conv and
+matmul calls outside such modules (``F.conv2d``, ``torch.matmul`` in a custom ``forward``) are found
+by torch's FLOP counter on the same pass and reported as ``functional_macs``, part of the total.
 
 Weight storage rule (``weight_bits``):
 
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .activations import peak_activation
 from .inputs import ExampleInput, eval_mode, model_device, one_image
@@ -64,6 +67,7 @@ class CostReport:
     weight_bits: WeightBits
     act_bits: int
     peak_activation_node: str = ""
+    functional_macs: int = 0  # in ``macs``, but from calls outside conv/linear modules
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict (tuples become lists)."""
@@ -87,6 +91,8 @@ class CostReport:
 
         rule = "-" * len(fmt(header))
         lines = [fmt(header), rule, *map(fmt, rows[:-1]), rule, fmt(rows[-1])]
+        if self.functional_macs:
+            lines.append(f"TOTAL includes {self.functional_macs:,} MACs of functional conv/matmul calls")
         lines.append(f"peak activation: {self.peak_activation_bytes:,} B at node "
                      f"'{self.peak_activation_node}' (input {tuple(self.input_shape)}, weights "
                      f"{self.weight_bits} bit, activations {self.act_bits} bit)")
@@ -136,8 +142,9 @@ def _tracked_modules(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def _run_hooks(model: nn.Module, example: torch.Tensor) -> dict[str, _Trace]:
-    """One forward pass recording MACs and output shapes of every tracked module."""
+def _run_hooks(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, _Trace], int]:
+    """One forward pass recording MACs and output shapes of every tracked module, and the MACs of
+    conv/matmul calls outside conv/linear modules (torch's FLOP counter total minus the modules')."""
     tracked = _tracked_modules(model)
     traces = {name: _Trace() for name in tracked}
     calls = itertools.count()
@@ -155,18 +162,19 @@ def _run_hooks(model: nn.Module, example: torch.Tensor) -> dict[str, _Trace]:
 
     handles = [m.register_forward_hook(hook_for(name)) for name, m in tracked.items()]
     try:
-        with eval_mode(model):
+        with eval_mode(model), FlopCounterMode(display=False) as counter:
             model(example)
     finally:
         for h in handles:
             h.remove()
-    return traces
+    return traces, max(0, counter.get_total_flops() // 2 - sum(t.macs for t in traces.values()))
 
 
 def count_macs(model: nn.Module, example_input: ExampleInput) -> int:
-    """Total conv + linear multiply-accumulates for one image."""
+    """Total conv + linear multiply-accumulates for one image, functional calls included."""
     example = one_image(example_input, model_device(model))
-    return sum(t.macs for t in _run_hooks(model, example).values())
+    traces, functional = _run_hooks(model, example)
+    return sum(t.macs for t in traces.values()) + functional
 
 
 def _check_bits(model: nn.Module, weight_bits: WeightBits) -> None:
@@ -241,13 +249,13 @@ def profile(model: nn.Module, example_input: ExampleInput, weight_bits: WeightBi
     if act_bits < 1:
         raise ValueError(f"act_bits must be a positive integer, got {act_bits}")
     example = one_image(example_input, model_device(model))
-    traces = _run_hooks(model, example)
+    traces, functional = _run_hooks(model, example)
     peak = peak_activation(model, example, act_bits)
     unique = _unique_params(model)
     return CostReport(
         params=sum(p.numel() for _, _, p in unique),
         nonzero_params=sum(int(torch.count_nonzero(p.detach())) for _, _, p in unique),
-        macs=sum(t.macs for t in traces.values()),
+        macs=sum(t.macs for t in traces.values()) + functional,
         weight_bytes=sum(_packed_bytes(p.numel(), param_bits(m, n, p, weight_bits)) for m, n, p in unique),
         peak_activation_bytes=peak.peak_bytes,
         layers=_layer_costs(model, traces, weight_bits, act_bits),
@@ -255,4 +263,5 @@ def profile(model: nn.Module, example_input: ExampleInput, weight_bits: WeightBi
         weight_bits=weight_bits,
         act_bits=act_bits,
         peak_activation_node=peak.peak_node,
+        functional_macs=functional,
     )
