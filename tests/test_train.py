@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from cnncompress.data import load_dataset
 from cnncompress.models import build_model
 from cnncompress.train import TrainConfig, distillation_loss, evaluate, fit
+from cnncompress.utils import NO_WEIGHT_DECAY
 
 QUICK = dict(epochs=4, batch_size=64, lr=0.05, augment=False, seed=0)
 
@@ -112,3 +114,27 @@ def test_divergence_is_reported(digits):
         model.fc.weight.fill_(float("inf"))
     with pytest.raises(FloatingPointError, match="diverged"):
         fit(model, digits[0], TrainConfig(**{**QUICK, "epochs": 1}), progress=False)
+
+
+class WithMarkedParam(nn.Module):
+    """A linear layer plus two parameters that get zero gradients: one marked to skip weight decay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.marked = nn.Parameter(torch.ones(3))
+        self.plain = nn.Parameter(torch.ones(3))
+        setattr(self.marked, NO_WEIGHT_DECAY, True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)) + 0 * (self.marked.sum() + self.plain.sum())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_marked_parameters_skip_weight_decay(digits, optimizer):
+    model = WithMarkedParam()
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.1, momentum=0.0, weight_decay=0.5, optimizer=optimizer,
+                         augment=False, max_batches_per_epoch=3)
+    fit(model, digits[0], config, progress=False)
+    assert torch.equal(model.marked.detach(), torch.ones(3))
+    assert (model.plain.detach() < 1).all()

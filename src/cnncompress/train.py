@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import ImageSet
-from .utils import seed_everything, torch_save_atomic
+from .utils import NO_WEIGHT_DECAY, seed_everything, torch_save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,19 @@ def _lr_factor(config: TrainConfig, progress: float) -> float:
     return 1.0
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     params = [p for p in model.parameters() if p.requires_grad]
+    exempt = [p for p in params if getattr(p, NO_WEIGHT_DECAY, False)]
+    decayed = [p for p in params if not getattr(p, NO_WEIGHT_DECAY, False)]
+    return [{"params": decayed, "weight_decay": weight_decay}] + ([{"params": exempt, "weight_decay": 0.0}]
+                                                                   if exempt else [])
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, config.weight_decay)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

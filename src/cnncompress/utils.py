@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+# A parameter attribute that the training loop honours: weight decay would shrink such a parameter
+# toward zero (learned quantizer step sizes), so it trains in a group without decay.
+NO_WEIGHT_DECAY = "no_weight_decay"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from cnncompress.quant import FakeQuantize, QuantSpec, dequantize, fake_quantize, qparams, quantize_tensor
+from cnncompress.utils import NO_WEIGHT_DECAY
 
 specs = st.builds(QuantSpec, bits=st.integers(2, 8), symmetric=st.booleans(), signed=st.booleans())
 ranges = st.tuples(st.floats(-100, 0), st.floats(1e-3, 100))
@@ -109,3 +112,6 @@ def test_learnable_scale_gets_lsq_gradient_and_per_channel_broadcasts():
     out.pow(2).sum().backward()
     assert fq.scale.grad is not None and fq.scale.grad.shape == (3,) and fq.scale.grad.abs().sum() > 0
     assert "scale" in dict(fq.named_parameters())
+    again = copy.deepcopy(fq)  # deepcopy drops parameter attributes; make_learnable marks the scale again
+    again.make_learnable()
+    assert getattr(again.scale, NO_WEIGHT_DECAY)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import NO_WEIGHT_DECAY
 from .calibrate import Calibrator
 from .spec import MIN_SCALE, QuantSpec, qparams
 
@@ -106,6 +107,7 @@ class FakeQuantize(nn.Module):
             scale = self.scale.detach().clone()
             del self.scale
             self.scale = nn.Parameter(scale)
+        setattr(self.scale, NO_WEIGHT_DECAY, True)  # decay would pull the steps to zero; deepcopy drops the mark
 
     def clamp_scale_(self) -> None:
         with torch.no_grad():
