@@ -75,8 +75,10 @@ def test_targets_are_reached_within_two_percent(target, key):
 
 
 def test_unreachable_target_is_reported():
-    with pytest.raises(TargetNotReached, match="closest"):
+    with pytest.raises(TargetNotReached, match="closest.*or use global ranking"):
         prune_channels(build_model("digits_cnn"), (1, 8, 8), target_macs=0.05, min_channels=8)
+    with pytest.raises(TargetNotReached, match=r"or exclude$"):  # no advice to do what it already does
+        prune_channels(build_model("digits_cnn"), (1, 8, 8), target_macs=0.05, min_channels=8, global_ranking=True)
     with pytest.raises(ValueError, match="exactly one"):
         StructuredPruner(ratio=0.5, target_macs=0.5)
 

@@ -137,7 +137,7 @@ class StructuredPruner:
             raise TargetNotReached(
                 f"cannot reach {key} {target:.3f} of the unpruned model within {self.tolerance:.0%}: the "
                 f"closest is {best[1]:.3f} (prune ratio {best[0]:.3f}); relax round_to, min_channels, "
-                "max_ratio or exclude, or use global ranking")
+                f"max_ratio or exclude{'' if self.rule.global_ranking else ', or use global ranking'}")
         return best[0], steps
 
 
