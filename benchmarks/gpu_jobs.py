@@ -17,6 +17,7 @@ a timed probe, started once all jobs are set up. Jobs share the one GPU: fewer j
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import io
 import json
@@ -29,7 +30,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACK = ROOT / ".gpu"
 PARTS = 2
 VAL_IMAGES = 2000
-WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
 QAT_LR = 1e-4
 PRUNE_JOBS = [f"prune-{v.name}" for v in sp.variants(sp.CRITERIA, ("fpgm",))]
 QAT_JOBS = ["qat-resnet20-w4a4", "qat-resnet20-w2a4", "qat-resnet56-w4a4"]
@@ -76,7 +76,7 @@ def pack(shared: Path) -> None:
         manifest[name] = {"first": int(lo), "count": int(hi - lo), "sha256": _digest(images, labels)}
         log.info("wrote %s (%.1f MB)", name, (PACK / name).stat().st_size / 1e6)
     atomic_write_text(PACK / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-    for file in WEIGHTS.values():
+    for file in quantization.WEIGHTS.values():
         atomic_write_bytes(PACK / file, (shared / "pretrained" / file).read_bytes())
 
 
@@ -118,11 +118,9 @@ def plan_epochs(train_steps: Callable[[int], None], steps_per_epoch: int, second
 
 def probe(model: nn.Module, train: ImageSet, config: TrainConfig, run: Callable) -> Callable[[int], None]:
     """``steps -> None``: train a throwaway copy of ``model`` for that many steps with ``run``."""
-    import copy
 
     def steps(n: int) -> None:
-        config_n = TrainConfig(**{**config.__dict__, "epochs": 1, "max_batches_per_epoch": n})
-        run(copy.deepcopy(model), config_n)
+        run(copy.deepcopy(model), replace(config, epochs=1, max_batches_per_epoch=n))
         if config.device.startswith("cuda"):
             torch.cuda.synchronize()
     return steps
@@ -169,8 +167,8 @@ def _train(job: Job, model, train, val, config, run) -> dict[str, Any]:
     epochs, per_step = plan_epochs(probe(model, train, config, run), steps_per_epoch, seconds,
                                    *((1, 2) if job.smoke else (5, 30)))
     epochs = 1 if job.smoke else epochs
-    config = TrainConfig(**{**config.__dict__, "epochs": epochs,
-                            "max_batches_per_epoch": 2 if job.smoke else config.max_batches_per_epoch})
+    config = replace(config, epochs=epochs,
+                     max_batches_per_epoch=2 if job.smoke else config.max_batches_per_epoch)
     log.info("%d epochs of %d steps (%.1f ms/step probed)", epochs, steps_per_epoch, per_step * 1e3)
     began = time.perf_counter()
     record = run(model, config, val)
@@ -180,7 +178,7 @@ def _train(job: Job, model, train, val, config, run) -> dict[str, Any]:
 
 
 def _prune_job(job: Job, everything: ImageSet, train: ImageSet, val: ImageSet) -> dict[str, Any]:
-    base, _, _ = load_model(job.folder / WEIGHTS["resnet56"], ModelSpec("resnet56"))
+    base, _, _ = load_model(job.folder / quantization.WEIGHTS["resnet56"], ModelSpec("resnet56"))
     variant = next(v for v in sp.variants(sp.CRITERIA, sp.CRITERIA) if f"prune-{v.name}" == job.name)
     pruned, record, _ = sp.prune_variant(base, variant, everything, 0.5)
     config = sp.finetune_config(sp.MODES["full"], job.device, seed=0)
@@ -197,7 +195,7 @@ def _prune_job(job: Job, everything: ImageSet, train: ImageSet, val: ImageSet) -
 def _qat_job(job: Job, train: ImageSet, val: ImageSet) -> dict[str, Any]:
     _, model_name, bits = job.name.split("-")
     weight_bits, act_bits = int(bits[1]), int(bits[3])
-    model, _, _ = load_model(job.folder / WEIGHTS[model_name], ModelSpec(model_name))
+    model, _, _ = load_model(job.folder / quantization.WEIGHTS[model_name], ModelSpec(model_name))
     qmodel = quantize(model, train.take(min(1024, len(train)), seed=0), weight_bits=weight_bits, act_bits=act_bits)
     config = quantization.qat_config(1, QAT_LR, job.device)
 

@@ -76,7 +76,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def qat_config(epochs: int, lr: float, device: str, batches: int | None = None) -> TrainConfig:
-    """QAT recipe: Adam without weight decay (it would shrink the LSQ step sizes), batch 128."""
+    """QAT recipe: Adam at zero weight decay, batch 128 (fine-tuning from trained weights, short runs)."""
     return TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=lr, weight_decay=0.0, device=device,
                        max_batches_per_epoch=batches)
 

@@ -184,7 +184,7 @@ def _run_epoch(model, train: ImageSet, config, optimizer, epoch, teacher, loss_t
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         bar.update(1)
-        if (step + 1) % SYNC_EVERY == 0 or step + 1 == n_batches:
+        if (step + 1) % SYNC_EVERY == 0:
             _check_finite(loss_sum, epoch)
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
     bar.close()
