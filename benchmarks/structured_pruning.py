@@ -8,7 +8,8 @@ reached (counted by the same profiler) and accuracy right after pruning. Literat
 from the papers, not measured. Writes ``<out>.json`` and ``<out>.md``.
 
 Every criterion prunes inside the residual blocks and keeps the residual stream whole (the shortcut
-channels, ``RESIDUAL_STREAM``); ``--all-layers`` adds rows that prune the stream too.
+channels, ``RESIDUAL_STREAM``); ``--all-layers`` adds rows that prune the stream too, and ``--fast``
+rows with the latency-aware allocation ``FAST_ALLOCATION`` (chosen by ``latency_allocation.py``).
 
     python benchmarks/structured_pruning.py                  # CPU quick mode (under an hour on 2 cores)
     python benchmarks/structured_pruning.py --device cuda    # full mode (long fine-tuning, GPU)
@@ -54,6 +55,11 @@ TAYLOR_BATCHES = 8
 # Residual-stream layers of the option-A ResNet: kept whole in the side-by-side setting, because
 # Torch-Pruning cannot rewrite the shortcut's constant channel padding (see ``torch_pruning_default``).
 RESIDUAL_STREAM = ("conv1", "layer*.conv2", "linear")
+# Fraction of each stage's block-internal channels dropped, leaving 8/16/16 of 16/32/64: every width
+# the runtime computes at 32x32 and below stays a multiple of its 16-channel block past stage 1 (see
+# benchmarks/latency_allocation.py, results/latency_allocation.md: the uniform 8/16/32 split halves
+# MACs but not onnxruntime's batch-64 time).
+FAST_ALLOCATION = {"layer1.*.conv1": 0.5, "layer2.*.conv1": 0.5, "layer3.*.conv1": 0.75}
 
 LITERATURE = [  # ResNet-56 on CIFAR-10 as reported by the papers (not measured here)
     {"method": "HRank (Lin et al., CVPR 2020)", "baseline_top1": 93.26, "pruned_top1": 93.17,
@@ -85,22 +91,27 @@ MODES = {
 
 @dataclass(frozen=True)
 class Variant:
-    """A criterion and whether the residual stream is kept whole (the default) or pruned too."""
+    """A criterion and its allocation: residual stream kept (default), pruned too (``all``), or ``fast``."""
 
     criterion: str
-    all_layers: bool = False
+    allocation: str = ""  # "", "all" or "fast"
 
     @property
     def name(self) -> str:
-        return f"{self.criterion}-all" if self.all_layers else self.criterion
+        return f"{self.criterion}-{self.allocation}" if self.allocation else self.criterion
+
+    @property
+    def all_layers(self) -> bool:
+        return self.allocation == "all"
 
     @property
     def exclude(self) -> tuple[str, ...]:
         return () if self.all_layers else RESIDUAL_STREAM
 
 
-def variants(criteria: tuple[str, ...], all_layers: tuple[str, ...]) -> list[Variant]:
-    return [Variant(c) for c in criteria] + [Variant(c, all_layers=True) for c in all_layers]
+def variants(criteria: tuple[str, ...], all_layers: tuple[str, ...], fast: tuple[str, ...] = ()) -> list[Variant]:
+    return ([Variant(c) for c in criteria] + [Variant(c, "all") for c in all_layers]
+            + [Variant(c, "fast") for c in fast])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--criteria", help=f"comma-separated subset of {','.join(CRITERIA)}")
     p.add_argument("--all-layers", default="fpgm",
                    help="criteria also run with the residual stream pruned (comma-separated; '' for none)")
+    p.add_argument("--fast", default="",
+                   help="criteria also run with the latency-aware allocation FAST_ALLOCATION (comma-separated)")
     p.add_argument("--finetuned", type=Path, help="folder of fine-tuned checkpoints from gpu_jobs.py (full mode)")
     p.add_argument("--target-macs", type=float, default=0.5)
     p.add_argument("--epochs", type=int, help="override the mode's fine-tuning epochs")
@@ -123,9 +136,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.mode = "smoke" if args.smoke else args.mode or ("full" if full else "quick")
     mode = MODES[args.mode]
     args.all_layers = tuple(c for c in args.all_layers.split(",") if c) if args.mode != "smoke" else ()
-    if args.criteria:
-        mode = replace(mode, criteria=tuple(args.criteria.split(",")))
-    unknown = set(mode.criteria + args.all_layers) - set(CRITERIA)
+    args.fast = tuple(c for c in args.fast.split(",") if c)
+    if args.criteria is not None:  # '' runs none (e.g. only --fast rows)
+        mode = replace(mode, criteria=tuple(c for c in args.criteria.split(",") if c))
+    unknown = set(mode.criteria + args.all_layers + args.fast) - set(CRITERIA)
     if unknown:
         p.error(f"unknown criteria {sorted(unknown)}")
     if args.epochs is not None:
@@ -173,12 +187,15 @@ def taylor_batches(train: ImageSet, n: int = TAYLOR_BATCHES) -> list[tuple[torch
 
 # ------------------------------------------------------------------------------------ cnncompress
 def prune_variant(base: nn.Module, variant: Variant, train: ImageSet, target_macs: float):
-    """``(pruned, record, seconds)``: ``variant`` applied to a copy of ``base``, bisected to ``target_macs``."""
+    """``(pruned, record, seconds)``: ``variant`` applied to a copy of ``base``, bisected to ``target_macs``
+    (the ``fast`` allocation fixes its widths instead)."""
     importance = Taylor(TAYLOR_BATCHES) if variant.criterion == "taylor" else variant.criterion
     data = taylor_batches(train) if variant.criterion == "taylor" else None
+    target = ({"ratio": 0.0, "per_layer": FAST_ALLOCATION} if variant.allocation == "fast"
+              else {"target_macs": target_macs})
     seed_everything(0)  # the random criterion draws the same channels here and on a GPU machine
     began = time.perf_counter()
-    pruned, record = prune_channels(base, SHAPE, target_macs=target_macs, criterion=importance, data=data,
+    pruned, record = prune_channels(base, SHAPE, **target, criterion=importance, data=data,
                                     exclude=variant.exclude, return_record=True)
     return pruned, record, time.perf_counter() - began
 
@@ -203,7 +220,8 @@ def finetuned_elsewhere(folder: Path, variant: Variant, pruned: nn.Module) -> tu
 def run_variant(variant: Variant, base: nn.Module, train: ImageSet, test: ImageSet, args, base_latency):
     mode: Mode = args.settings
     pruned, record, prune_seconds = prune_variant(base, variant, train, args.target_macs)
-    row: dict[str, Any] = {"criterion": variant.name, "residual_stream": "pruned" if variant.all_layers else "kept",
+    row: dict[str, Any] = {"criterion": variant.name, "allocation": variant.allocation or "uniform",
+                           "residual_stream": "pruned" if variant.all_layers else "kept",
                            "prune_seconds": prune_seconds, "ratio": record.ratio, "search_steps": len(record.search),
                            **costs(pruned), "macs_fraction": record.macs_fraction,
                            "params_fraction": record.params_fraction,
@@ -211,7 +229,7 @@ def run_variant(variant: Variant, base: nn.Module, train: ImageSet, test: ImageS
     if args.finetuned:
         pruned, job = finetuned_elsewhere(args.finetuned, variant, pruned)
         row.update(finetune_seconds=job["train_seconds"], epochs=job["epochs"], finetuned_on=job["device"],
-                   train_images=job["train_images"], history=job["history"])
+                   train_images=job["train_images"], history=job["history"], schedule=job.get("schedule"))
     else:
         began = time.perf_counter()
         fit(pruned, train, finetune_config(mode, args.device, args.seed), teacher=copy.deepcopy(base),
@@ -329,7 +347,7 @@ def finetuning(result: dict[str, Any]) -> str:
     if not s.get("finetuned_from"):
         return f"{s['epochs']} epoch(s) x {s['max_batches'] or 'all'} batches here"
     job = rows[0]
-    epochs = ", ".join(f"{r['criterion']}: {r['epochs']} epochs" for r in rows)
+    epochs = "; ".join(f"{r['criterion']}: {r.get('schedule') or str(r['epochs']) + ' epochs'}" for r in rows)
     return (f"elsewhere by `python benchmarks/gpu_jobs.py run` on {job['finetuned_on']} "
             f"({epochs}; epochs sized to a shared "
             f"time budget; {job['train_images']} training images, 2,000 held out for validation)")
@@ -337,14 +355,16 @@ def finetuning(result: dict[str, Any]) -> str:
 
 def render(result: dict[str, Any]) -> str:
     s, base = result["settings"], result["baseline"]
-    lines = [f"# Structured pruning: ResNet-56 at {s['target_macs']:.0%} MACs ({result['mode']} mode)", "",
+    lines = [f"# Structured pruning: ResNet-56, MACs target {s['target_macs']:.0%} ({result['mode']} mode)", "",
              f"Measured {result['environment']['utc']} on {result['environment']['device']} "
              f"(torch {result['environment']['torch']}, {result['environment']['torch_threads']} threads). "
              f"Fine-tuning: {finetuning(result)}, batches of {s['batch_size']}, cosine from "
              f"lr {s['lr']}, distilled from the unpruned model; accuracy on {s['test_images']} CIFAR-10 test "
              "images (stratified subset unless 10000). Latency: median ms of the unpruned model, speedup "
              f"(unpruned / pruned) for the others; onnxruntime on CPU. Criteria run: {', '.join(s['criteria'])}. "
-             "'prune s' includes the bisection to the MACs target; '-all' rows prune the residual stream too. "
+             "'prune s' includes the bisection to the MACs target; '-all' rows prune the residual stream too; "
+             f"'-fast' rows take the latency-aware widths {s.get('fast_allocation', FAST_ALLOCATION)} "
+             "(fraction of block-internal channels dropped per stage) instead of the MACs target. "
              f"Command: `{s['command']}`", "",
              "| criterion | prune s | MACs (M) | MACs x | params (M) | top-1 pruned | top-1 fine-tuned | "
              "torch b1 | torch b64 | ort b1 | ort b64 |", "|---|" + "---:|" * 10,
@@ -391,10 +411,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     baseline = {**costs(base), "top1": top1(base, test, args.device), "latency_ms": latency(base, mode, args.device)}
     log.info("baseline: %s", baseline)
     rows = [run_variant(v, base, train, test, args, baseline["latency_ms"])
-            for v in variants(mode.criteria, args.all_layers)]
+            for v in variants(mode.criteria, args.all_layers, args.fast)]
     result = {"benchmark": "structured_pruning", "mode": args.mode, "environment": environment(args),
               "settings": {**mode.__dict__, "target_macs": args.target_macs, "seed": args.seed,
-                           "all_layers": args.all_layers, "command": " ".join(["python", *sys.argv]),
+                           "all_layers": args.all_layers, "fast": args.fast,
+                           "fast_allocation": FAST_ALLOCATION, "command": " ".join(["python", *sys.argv]),
                            "finetuned_from": args.finetuned and str(args.finetuned),
                            "test_images": len(test), "weights": Path(args.weights).name,
                            "taylor_batches": TAYLOR_BATCHES},

@@ -1,0 +1,108 @@
+"""Which block-internal widths of ResNet-56 make onnxruntime faster, not just the MAC count smaller.
+
+onnxruntime's CPU convolutions work on channel blocks (16 floats with AVX-512), so a layer pruned
+from 16 to 8 channels costs nearly what it did, and halving every stage (16/32/64 -> 8/16/32 inside
+the blocks) halves the MACs but not the batch-64 time. This script times allocations of the
+block-internal channels (the residual stream kept whole, as in ``structured_pruning.py``) in one
+run, interleaving the models over several rounds, and writes ``<out>.json`` and ``<out>.md``. The
+weights do not change the timing, so the untrained architecture is used: no data needed.
+
+    python benchmarks/latency_allocation.py            # ~3 min on 2 cores
+    python benchmarks/latency_allocation.py --rounds 1 --repeats 3 --out runs/latency_smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnncompress.analysis import count_macs, measure_latency
+from cnncompress.models import ModelSpec
+from cnncompress.prune import prune_channels
+from cnncompress.utils import atomic_write_text, seed_everything
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import structured_pruning as sp  # noqa: E402  (its stream layers and its chosen allocation)
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("layer1", "layer2", "layer3")
+# fraction of block-internal channels dropped per stage (16, 32 and 64 channels unpruned)
+ALLOCATIONS = {
+    "uniform 8/16/32": (0.5, 0.5, 0.5),
+    "4/16/32": (0.75, 0.5, 0.5),
+    "8/16/16": (0.5, 0.5, 0.75),
+    "16/16/16": (0.0, 0.5, 0.75),
+    "8/16/48": (0.5, 0.5, 0.25),
+}
+
+
+def per_layer(fractions: tuple[float, ...]) -> dict[str, float]:
+    return {f"{stage}.*.conv1": f for stage, f in zip(STAGES, fractions, strict=True)}
+
+
+def build(fractions: tuple[float, ...]) -> torch.nn.Module:
+    seed_everything(0)
+    base = ModelSpec("resnet56").build().eval()
+    return prune_channels(base, sp.SHAPE, ratio=0.0, per_layer=per_layer(fractions), exclude=sp.RESIDUAL_STREAM,
+                          criterion="l1").eval()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the fastest counts)")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per batch size and round")
+    p.add_argument("--threads", type=int, help="onnxruntime threads (default: torch's)")
+    p.add_argument("--out", default=str(ROOT / "results/latency_allocation"))
+    args = p.parse_args(argv)
+    threads = args.threads or torch.get_num_threads()
+    chosen = tuple(sp.FAST_ALLOCATION[f"{stage}.*.conv1"] for stage in STAGES)
+    models = {"unpruned": ModelSpec("resnet56").build().eval()}
+    models.update({name: build(f) for name, f in ALLOCATIONS.items()})
+    times: dict[str, dict[str, list[float]]] = {name: {"1": [], "64": []} for name in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            report = measure_latency(model, sp.SHAPE, batch_sizes=(1, 64), backend="onnxruntime",
+                                     repeats=args.repeats, threads=threads)
+            for bs, batch in report.batches.items():
+                times[name][str(bs)].append(batch.median_ms)
+    base_macs = count_macs(models["unpruned"], sp.SHAPE)
+    rows = []
+    for name, model in models.items():
+        best = {bs: min(ms) for bs, ms in times[name].items()}
+        rows.append({"allocation": name, "dropped_fractions": list(ALLOCATIONS.get(name, (0.0, 0.0, 0.0))),
+                     "chosen": ALLOCATIONS.get(name) == chosen,
+                     "macs_fraction": count_macs(model, sp.SHAPE) / base_macs,
+                     "ort_ms": best, "ort_ms_rounds": times[name],
+                     "speedup": {bs: min(times["unpruned"][bs]) / ms for bs, ms in best.items()}})
+    import onnxruntime
+    result = {"benchmark": "latency_allocation", "onnxruntime": onnxruntime.__version__, "threads": threads,
+              "rounds": args.rounds, "repeats": args.repeats, "command": " ".join(["python", *sys.argv]),
+              "rows": rows}
+    out = Path(args.out)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".md"), render(result))
+    print(render(result))
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = ["# onnxruntime latency of ResNet-56 block-internal width allocations", "",
+             f"onnxruntime {result['onnxruntime']} on CPU, {result['threads']} threads; fastest median of "
+             f"{result['rounds']} interleaved rounds of {result['repeats']} runs. Widths are the block-internal "
+             "channels of stages 1/2/3 (unpruned 16/32/64); the residual stream is kept. 'chosen' is "
+             f"`structured_pruning.FAST_ALLOCATION`. Command: `{result['command']}`", "",
+             "| allocation | MACs fraction | ort b1 ms | ort b64 ms | speedup b1 | speedup b64 | chosen |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['allocation']} | {r['macs_fraction']:.3f} | {r['ort_ms']['1']:.2f} | {r['ort_ms']['64']:.1f} | "
+              f"{r['speedup']['1']:.2f}x | {r['speedup']['64']:.2f}x | {'yes' if r['chosen'] else ''} |"
+              for r in result["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
