@@ -10,6 +10,7 @@ import torch
 from cnncompress.export.onnx_qdq import OnnxRuntimeModule, compare_top1, export_onnx
 from cnncompress.models import ModelSpec
 from cnncompress.quant import (
+    act_quantizers,
     adaround_weights,
     calibrate_weights,
     correct_bias,
@@ -104,6 +105,26 @@ def test_mixed_precision_layer_bits(digits_model, calib):
         quantize(digits_model, calib, layer_bits={"conv9": 4})
     with pytest.raises(ValueError, match="2..8"):
         quantize(digits_model, calib, layer_bits={"conv1": 1})
+
+
+def test_layer_input_bits_widen_what_a_layer_reads(digits_model, calib, digits_test, tmp_path):
+    """The image into the first conv and the features into the classifier at 8 bits, the rest at 4."""
+    qmodel = quantize(digits_model, calib, weight_bits=4, act_bits=4, layer_input_bits={"conv1": 8, "fc": 8})
+    plain = quantize(digits_model, calib, weight_bits=4, act_bits=4)
+    wide = {name for name, q in act_quantizers(qmodel) if q.spec.bits == 8}
+    assert len(wide) == 2 and all(q.spec.bits == 4 for name, q in act_quantizers(qmodel) if name not in wide)
+    assert {n for n, q in act_quantizers(plain)} == {n for n, q in act_quantizers(qmodel)}
+    assert evaluate(qmodel, digits_test).top1 >= evaluate(plain, digits_test).top1 - 1.0
+    path = export_onnx(qmodel, tmp_path / "wide.onnx", digits_test.tensors()[0][:1])
+    assert compare_top1(qmodel, OnnxRuntimeModule(path), digits_test).agreement >= 99.5
+    loaded, _, _ = load_quantized(save_quantized(tmp_path / "wide.pt", qmodel, ModelSpec("digits_cnn")))
+    x = digits_test.tensors()[0][:64]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qmodel(x))
+    with pytest.raises(ValueError, match="layer_input_bits names no conv/linear layer"):
+        quantize(digits_model, calib, layer_input_bits={"conv9": 8})
+    with pytest.raises(ValueError, match="2..8"):
+        quantize(digits_model, calib, layer_input_bits={"conv1": 16})
 
 
 def test_sensitivity_table_is_data_for_the_planner(digits_model, digits_test):

@@ -198,6 +198,18 @@ def _insert_quantizers(gm: fx.GraphModule, act_bits: int) -> None:
         point.replace_all_uses_with(q, delete_user_cb=lambda user, q=q: user is not q)
 
 
+def _widen_inputs(gm: fx.GraphModule, layer_input_bits: dict[str, int]) -> None:
+    """Give the quantizer feeding each named layer its bits (the most any of its readers asks for)."""
+    modules = dict(gm.named_modules())
+    wanted: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in layer_input_bits:
+            quantizer = data_source(node.args[0], modules).target
+            wanted[quantizer] = max(wanted.get(quantizer, 0), layer_input_bits[node.target])
+    for quantizer, bits in wanted.items():
+        setattr(gm, quantizer, FakeQuantize(activation_spec(bits)))
+
+
 def _wire_input_scales(gm: fx.GraphModule) -> None:
     """Give each quantized layer its input quantizer's scale (for the int32 bias)."""
     modules = dict(gm.named_modules())
@@ -213,17 +225,19 @@ def _wire_input_scales(gm: fx.GraphModule) -> None:
 
 
 def insert_quantizers(gm: fx.GraphModule, weight_bits: int, act_bits: int, per_channel: bool,
-                      layer_bits: dict[str, int]) -> fx.GraphModule:
+                      layer_bits: dict[str, int], layer_input_bits: dict[str, int] | None = None) -> fx.GraphModule:
     """Swap conv/linear for quantized layers and insert activation quantizers (all in float mode)."""
     modules = dict(gm.named_modules())
     layers = {n.target for n in gm.graph.nodes if op_kind(n, modules) in ("conv", "linear")}
-    unknown = sorted(set(layer_bits) - layers)
-    if unknown:
-        raise ValueError(f"layer_bits names no conv/linear layer: {unknown}; layers: {sorted(layers)}")
+    for option, names in (("layer_bits", layer_bits), ("layer_input_bits", layer_input_bits or {})):
+        unknown = sorted(set(names) - layers)
+        if unknown:
+            raise ValueError(f"{option} names no conv/linear layer: {unknown}; layers: {sorted(layers)}")
     if not layers:
         raise ValueError("the model has no Conv2d or Linear layer to quantize")
     _replace_layers(gm, weight_bits, per_channel, layer_bits)
     _insert_quantizers(gm, act_bits)
+    _widen_inputs(gm, layer_input_bits or {})
     _wire_input_scales(gm)
     gm.graph.lint()
     gm.recompile()

@@ -46,10 +46,12 @@ class QuantConfig:
     adaround: bool = False
     adaround_iters: int = 1000
     learnable_scales: bool = False
+    layer_input_bits: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         widths = {"weight_bits": self.weight_bits, "act_bits": self.act_bits,
-                  **{f"layer_bits[{k!r}]": v for k, v in self.layer_bits.items()}}
+                  **{f"layer_bits[{k!r}]": v for k, v in self.layer_bits.items()},
+                  **{f"layer_input_bits[{k!r}]": v for k, v in self.layer_input_bits.items()}}
         for name, bits in widths.items():
             if not isinstance(bits, int) or not 2 <= bits <= 8:
                 raise ValueError(f"{name} must be an integer in 2..8, got {bits!r}")
@@ -77,7 +79,8 @@ def prepare(model: nn.Module, config: QuantConfig, fold_stats: bool = True) -> f
     fold_batchnorm(gm, use_stats=fold_stats)
     if config.cle:
         equalize(gm, relu6_to_relu=config.cle_relu6)
-    insert_quantizers(gm, config.weight_bits, config.act_bits, config.per_channel, config.layer_bits)
+    insert_quantizers(gm, config.weight_bits, config.act_bits, config.per_channel, config.layer_bits,
+                      config.layer_input_bits)
     # Tracing inlines modules such as PadShortcut: keep their (possibly pruned) structure for rebuilding.
     preserved = {"quant_config": config, "module_attrs": structural_attrs(model)}
     for name, value in preserved.items():
@@ -165,14 +168,17 @@ def quantize(model: nn.Module, calibration_data: CalibrationData, weight_bits: i
              per_channel: bool = True, calibration: str = "mse", layer_bits: dict[str, int] | None = None, *,
              weight_calibration: str = "mse", cle: bool = False, cle_relu6: bool = False,
              bias_correction: bool = False, adaround: bool = False, adaround_iters: int = 1000,
-             batch_size: int = 64) -> fx.GraphModule:
+             layer_input_bits: dict[str, int] | None = None, batch_size: int = 64) -> fx.GraphModule:
     """Post-training quantization of a trained float model; returns the simulated quantized model.
 
-    ``layer_bits`` maps layer names (``"layer1.0.conv1"``) to their own weight bits (mixed precision).
+    ``layer_bits`` maps layer names (``"layer1.0.conv1"``) to their own weight bits (mixed precision);
+    ``layer_input_bits`` maps layer names to the bits of the activation they read (e.g. 8 for the
+    first conv, whose input is the image, and the classifier, as low-bit papers keep them).
     AdaRound, when asked, learns the rounding of every layer below 8 bits. ``model`` is not modified.
     """
     config = QuantConfig(weight_bits, act_bits, per_channel, calibration, weight_calibration,
-                         dict(layer_bits or {}), cle, cle_relu6, bias_correction, adaround, adaround_iters)
+                         dict(layer_bits or {}), cle, cle_relu6, bias_correction, adaround, adaround_iters,
+                         layer_input_bits=dict(layer_input_bits or {}))
     batches = calibration_batches(calibration_data, batch_size)
     qmodel = prepare(model, config).to(next(model.parameters()).device)
     calibrate_weights(qmodel, config.weight_calibration)
