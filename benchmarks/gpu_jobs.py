@@ -8,10 +8,14 @@ returned checkpoints on the full test set. Every job holds out the same 2,000 tr
 its validation set (the pretrained models saw them, so validation accuracy reads high: use it to
 compare jobs, not as an estimate of test accuracy) and sizes its epochs to a shared time budget from
 a timed probe, started once all jobs are set up. Jobs share the one GPU: fewer jobs, more epochs each.
+``--resume DIR`` starts each job from its checkpoint in DIR (a former run's ``--stage``), so the
+first call, which has only part 1, trains too: its record lists both stages.
 
     python benchmarks/gpu_jobs.py pack                         # here: writes .gpu/ (git-ignored)
     python benchmarks/gpu_jobs.py run --budget 420 --out $OUT  # there: all jobs, one bundle per kind
     python benchmarks/gpu_jobs.py run --smoke --out /tmp/g     # anywhere: a few steps of every job
+    python benchmarks/gpu_jobs.py run --stage runs/s1 ...      # there, part 1 only; then, with part 2:
+    python benchmarks/gpu_jobs.py run --resume runs/s1 ...     # goes on from the first run's checkpoints
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ from torch import nn
 from cnncompress.data import ImageSet, load_dataset
 from cnncompress.data.catalog import DATASETS
 from cnncompress.models import ModelSpec, load_model, save_checkpoint
-from cnncompress.quant import qat, quantize
-from cnncompress.quant.checkpoint import save_quantized
+from cnncompress.quant import act_quantizers, qat, quantize
+from cnncompress.quant.checkpoint import load_quantized, save_quantized
 from cnncompress.train import TrainConfig, fit
 from cnncompress.utils import atomic_write_bytes, atomic_write_text
 
@@ -56,8 +60,9 @@ PACK = ROOT / ".gpu"
 PARTS = 2
 VAL_IMAGES = 2000
 QAT_LR = 1e-4
-PRUNE_JOBS = [f"prune-{v.name}" for v in sp.variants(sp.CRITERIA, ("fpgm",))]
-QAT_JOBS = ["qat-resnet20-w4a4", "qat-resnet20-w2a4", "qat-resnet56-w4a4"]
+PRUNE_JOBS = [f"prune-{v.name}" for v in sp.variants(sp.CRITERIA, ("fpgm",), ("fpgm",))]
+QAT_JOBS = [f"qat-{model}-{config}" for model in ("resnet20", "resnet56") for config in quantization.QAT_CONFIGS]
+WARM_FROM = {"w4a4i8": "w4a4"}  # a config whose job may start from another's checkpoint in --resume
 JOBS = PRUNE_JOBS + QAT_JOBS
 
 
@@ -137,6 +142,13 @@ class Job:
     device: str
     peers: int
     smoke: bool
+    resume: Path | None = None
+    lr: float | None = None  # None: the recipe's (a lower one suits a short continuation)
+
+    def earlier(self) -> dict[str, Any] | None:
+        """The record of the run this job goes on from, or None when it starts afresh."""
+        path = self.resume and self.resume / f"{self.name}.json"
+        return json.loads(path.read_text()) if path and path.is_file() else None
 
     def wait_for_peers(self, limit: float = 120) -> None:
         """Start the timing probe once every job is set up, so each probe sees the full contention."""
@@ -155,8 +167,29 @@ def run_job(job: Job) -> dict[str, Any]:
     result = _prune_job(job, everything, train, val) if job.name.startswith("prune-") else _qat_job(job, train, val)
     result.update(job=job.name, device=torch.cuda.get_device_name() if job.device.startswith("cuda") else job.device,
                   torch=torch.__version__, train_images=len(train), val_images=len(val), parts=parts)
+    earlier = job.earlier()
+    result.update(_stages(earlier, result))
+    if earlier and "warm_start" in earlier:
+        result["warm_start"] = earlier["warm_start"]
+    if "warm_start" in result:
+        result["schedule"] = f"from {result['warm_start']['from']} ({result['warm_start']['schedule']}), then " \
+                             + result["schedule"]
     atomic_write_text(job.stage / f"{job.name}.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _stages(earlier: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, Any]:
+    """Totals over this run and the one it went on from: epochs, history and the schedule in words."""
+    stage = {k: now[k] for k in ("epochs", "train_images", "train_seconds", "parts", "device")}
+    stage["lr"] = now["config"]["lr"]
+    before = [] if earlier is None else [{"lr": earlier["config"]["lr"], "device": earlier["device"]} | s
+                                         for s in earlier["stages"]]
+    stages = before + [stage]
+    return {"stages": stages, "epochs": sum(s["epochs"] for s in stages),
+            "history": ([] if earlier is None else earlier["history"]) + now["history"],
+            "schedule": ", then ".join(f"{s['epochs']} epochs on {s['train_images']:,} images from lr {s['lr']:g} "
+                                       f"({s['device']})" for s in stages)
+                        + (" (a cosine schedule each)" if len(stages) > 1 else "")}
 
 
 def _train(job: Job, model, train, val, config, run) -> dict[str, Any]:
@@ -179,9 +212,12 @@ def _train(job: Job, model, train, val, config, run) -> dict[str, Any]:
 
 def _prune_job(job: Job, everything: ImageSet, train: ImageSet, val: ImageSet) -> dict[str, Any]:
     base, _, _ = load_model(job.folder / quantization.WEIGHTS["resnet56"], ModelSpec("resnet56"))
-    variant = next(v for v in sp.variants(sp.CRITERIA, sp.CRITERIA) if f"prune-{v.name}" == job.name)
+    variant = next(v for v in sp.variants(sp.CRITERIA, sp.CRITERIA, sp.CRITERIA) if f"prune-{v.name}" == job.name)
     pruned, record, _ = sp.prune_variant(base, variant, everything, 0.5)
+    if job.earlier():
+        pruned, _ = sp.finetuned_elsewhere(job.resume, variant, pruned)
     config = sp.finetune_config(sp.MODES["full"], job.device, seed=0)
+    config = replace(config, lr=job.lr or config.lr)
 
     def run(model, cfg, val_set=None):
         return fit(model, train, cfg, val=val_set, teacher=base, progress=False)
@@ -194,17 +230,42 @@ def _prune_job(job: Job, everything: ImageSet, train: ImageSet, val: ImageSet) -
 
 def _qat_job(job: Job, train: ImageSet, val: ImageSet) -> dict[str, Any]:
     _, model_name, bits = job.name.split("-")
-    weight_bits, act_bits = int(bits[1]), int(bits[3])
+    weight_bits, act_bits, wide = quantization.QAT_CONFIGS[bits]
     model, _, _ = load_model(job.folder / quantization.WEIGHTS[model_name], ModelSpec(model_name))
-    qmodel = quantize(model, train.take(min(1024, len(train)), seed=0), weight_bits=weight_bits, act_bits=act_bits)
-    config = quantization.qat_config(1, QAT_LR, job.device)
+    warm = job.resume and job.resume / f"qat-{model_name}-{WARM_FROM.get(bits, bits)}.pt"
+    started = {}
+    if job.earlier():
+        qmodel, _, _ = load_quantized(job.resume / f"{job.name}.pt")
+    else:
+        qmodel = quantize(model, train.take(min(1024, len(train)), seed=0), weight_bits=weight_bits,
+                          act_bits=act_bits, layer_input_bits=wide)
+        if warm and warm.is_file():
+            warm_start(qmodel, warm)
+            started = {"warm_start": {"from": warm.name,
+                                      "schedule": json.loads(warm.with_suffix(".json").read_text())["schedule"]}}
+    config = quantization.qat_config(1, job.lr or QAT_LR, job.device)
 
     def run(q, cfg, val_set=None):
         return qat(q, train, cfg, val=val_set, teacher=model, learnable_scales=True, progress=False)
 
     result = _train(job, qmodel, train, val, config, run)
     save_quantized(job.stage / f"{job.name}.pt", qmodel.cpu(), ModelSpec(model_name), job=job.name)
-    return result
+    return result | started
+
+
+def warm_start(qmodel: nn.Module, path: Path) -> None:
+    """Take every tensor of the QAT checkpoint ``path`` whose quantizer has the same grid in ``qmodel``.
+
+    The quantizers ``qmodel`` widened keep their fresh calibration; the rest goes on from training.
+    """
+    trained, _, _ = load_quantized(path)
+    bits = {name: q.spec.bits for name, q in act_quantizers(qmodel)}
+    changed = {name for name, q in act_quantizers(trained) if bits.get(name) != q.spec.bits}
+    state = {k: v for k, v in trained.state_dict().items() if k.rpartition(".")[0] not in changed}
+    missing, unexpected = qmodel.load_state_dict(state, strict=False)
+    if unexpected or {k.rpartition(".")[0] for k in missing} - changed:
+        raise ValueError(f"{path} is not a checkpoint of this model: missing {missing}, unexpected {unexpected}")
+    log.info("warm start from %s (kept the fresh calibration of %s)", path, sorted(changed))
 
 
 # ----------------------------------------------------------------------------------------- driver
@@ -222,6 +283,8 @@ def drive(args: argparse.Namespace) -> int:
         cmd = [sys.executable, __file__, "job", name, "--folder", str(args.folder), "--stage", str(stage),
                "--deadline", str(deadline), "--device", args.device, "--peers", str(len(jobs))]
         cmd += ["--smoke"] if args.smoke else []
+        cmd += ["--resume", str(args.resume)] if args.resume else []
+        cmd += ["--lr", str(args.lr)] if args.lr else []
         with open(stage / f"{name}.log", "w") as logfile:  # the child keeps its own handle
             procs[name] = subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT)
     while any(p.poll() is None for p in procs.values()) and time.time() < deadline + args.grace:
@@ -272,6 +335,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         q.add_argument("--stage", default="/tmp/gpu_jobs")
         q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         q.add_argument("--smoke", action="store_true", help="two steps per job: checks the script end to end")
+        q.add_argument("--resume", type=Path, help="start each job from its checkpoint in this former --stage")
+        q.add_argument("--lr", type=float, help="peak learning rate (default: each recipe's)")
     run = sub.choices["run"]
     run.add_argument("--budget", type=float, default=420, help="seconds every job must finish in")
     run.add_argument("--grace", type=float, default=45, help="seconds past the budget before jobs are killed")
@@ -291,9 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         pack(args.shared)
         return 0
     if args.command == "job":
-        torch.set_num_threads(1)
+        Path(args.stage).mkdir(parents=True, exist_ok=True)
+        if args.device.startswith("cuda"):
+            torch.set_num_threads(1)  # jobs share the machine's cores; a CPU continuation takes them all
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-        run_job(Job(args.name, args.folder, Path(args.stage), args.deadline, args.device, args.peers, args.smoke))
+        run_job(Job(args.name, args.folder, Path(args.stage), args.deadline, args.device, args.peers, args.smoke,
+                    args.resume, args.lr))
         return 0
     return drive(args)
 

@@ -46,7 +46,12 @@ from cnncompress.utils import atomic_write_text
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
 PAPER_FP32 = {"resnet20": 91.73, "resnet56": 93.39}
-CONFIGS = ("w8a8", "w4a8", "w4a8-adaround", "w4a4-qat", "w2a4-qat", "ort")
+CONFIGS = ("w8a8", "w4a8", "w4a8-adaround", "w4a4-qat", "w4a4i8-qat", "w2a4-qat", "ort")
+# QAT rows: weight bits, activation bits, and layers whose input stays at 8 bits. "i8" keeps the image
+# into the first conv and the pooled features into the classifier at 8 bits, as low-bit papers keep
+# their first and last layers (the weights here stay at 4 bits everywhere).
+QAT_CONFIGS: dict[str, tuple[int, int, dict[str, int]]] = {
+    "w4a4": (4, 4, {}), "w4a4i8": (4, 4, {"conv1": 8, "linear": 8}), "w2a4": (2, 4, {})}
 GOALS = "W8A8 within 0.2 pt of fp32; W4A8 PTQ within 1.5 pt; W4A4 QAT within 1.0 pt; int8 >= 1.8x fp32 at batch 64"
 
 
@@ -62,7 +67,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--qat-batches", type=int, default=None, help="batches per QAT epoch (default: all)")
     p.add_argument("--qat-lr", type=float, default=1e-4, help="Adam learning rate for QAT")
     p.add_argument("--device", default="cpu", help="device for QAT (cpu or cuda)")
-    p.add_argument("--qat-from", type=Path, help="folder of QAT checkpoints from gpu_jobs.py (skips QAT here)")
+    p.add_argument("--qat-from", type=Path,
+                   help="folder of QAT checkpoints from gpu_jobs.py (QAT runs here only for configs it lacks)")
     p.add_argument("--latency-repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: torch's)")
     p.add_argument("--data-dir", default=str(SHARED / "data"))
@@ -81,10 +87,11 @@ def qat_config(epochs: int, lr: float, device: str, batches: int | None = None) 
                        max_batches_per_epoch=batches)
 
 
-def train_qat(model: torch.nn.Module, calib: ImageSet, train: ImageSet, weight_bits: int, act_bits: int,
-              config: TrainConfig, val: ImageSet | None = None):
-    """MSE-calibrated PTQ, then QAT with LSQ distilled from ``model``: ``(qmodel, record)``."""
-    qmodel = quantize(model, calib, weight_bits=weight_bits, act_bits=act_bits)
+def train_qat(model: torch.nn.Module, calib: ImageSet, train: ImageSet, qat_name: str, config: TrainConfig,
+              val: ImageSet | None = None):
+    """MSE-calibrated PTQ of ``QAT_CONFIGS[qat_name]``, then QAT with LSQ distilled from ``model``."""
+    weight_bits, act_bits, wide = QAT_CONFIGS[qat_name]
+    qmodel = quantize(model, calib, weight_bits=weight_bits, act_bits=act_bits, layer_input_bits=wide)
     return qmodel, qat(qmodel, train, config, val=val, teacher=model, learnable_scales=True, progress=False)
 
 
@@ -129,17 +136,18 @@ class Bench:
         qmodel = quantize(self.model, self.calib, **kw)
         return self.deploy(qmodel, config, method, time.perf_counter() - began)
 
-    def qat(self, config: str, weight_bits: int, act_bits: int) -> dict[str, Any]:
+    def qat(self, config: str) -> dict[str, Any]:
         a = self.args
         began = time.perf_counter()
-        if a.qat_from:
-            qmodel, _, _ = load_quantized(a.qat_from / f"qat-{self.name}-{config}.pt")
-            job = json.loads((a.qat_from / f"qat-{self.name}-{config}.json").read_text())
-            trained_on = f"{job['device']} ({job['train_images']} images)"
+        trained = a.qat_from and a.qat_from / f"qat-{self.name}-{config}.pt"
+        if trained and trained.is_file():
+            qmodel, _, _ = load_quantized(trained)
+            job = json.loads(trained.with_suffix(".json").read_text())
+            trained_on = f"{job['device']} ({job.get('schedule') or str(job['train_images']) + ' images'})"
             epochs, history = job["epochs"], job["history"]
         else:
             train_config = qat_config(a.qat_epochs, a.qat_lr, a.device, a.qat_batches)
-            qmodel, record = train_qat(self.model, self.calib, self.train, weight_bits, act_bits, train_config)
+            qmodel, record = train_qat(self.model, self.calib, self.train, config, train_config)
             epochs, history, trained_on = a.qat_epochs, record.history, a.device
         self.model.cpu()
         row = self.deploy(qmodel.cpu(), config, f"QAT+LSQ {epochs} ep", time.perf_counter() - began)
@@ -167,14 +175,6 @@ class Bench:
                 "onnx_file_bytes": path.stat().st_size, **self.timed(path), "quantize_seconds": seconds}
 
 
-def qat_available(args: argparse.Namespace, name: str, config: str) -> bool:
-    """QAT runs here, or its checkpoint exists in ``--qat-from`` (a missing one is reported and skipped)."""
-    if args.qat_from is None or (args.qat_from / f"qat-{name}-{config}.pt").is_file():
-        return True
-    print(f"no {config} QAT checkpoint for {name} in {args.qat_from}: row skipped", file=sys.stderr)
-    return False
-
-
 def run_model(args: argparse.Namespace, name: str, train: ImageSet, test: ImageSet) -> list[dict[str, Any]]:
     bench = Bench(args, name, train, test, train.take(args.calib_size, seed=0))
     configs = set(args.configs.split(","))
@@ -187,9 +187,7 @@ def run_model(args: argparse.Namespace, name: str, train: ImageSet, test: ImageS
     if "w4a8-adaround" in configs:
         steps.append(lambda: bench.ptq("w4a8", f"mse + AdaRound {args.adaround_iters} it", weight_bits=4,
                                        adaround=True, adaround_iters=args.adaround_iters))
-    for config, bits in (("w4a4", (4, 4)), ("w2a4", (2, 4))):
-        if f"{config}-qat" in configs and qat_available(args, name, config):
-            steps.append(lambda c=config, b=bits: bench.qat(c, *b))
+    steps += [lambda c=config: bench.qat(c) for config in QAT_CONFIGS if f"{config}-qat" in configs]
     if "ort" in configs:
         steps.append(bench.ort_quantize_static)
     for step in steps:
@@ -200,13 +198,26 @@ def run_model(args: argparse.Namespace, name: str, train: ImageSet, test: ImageS
     return rows
 
 
-def kept_rows(path: Path, models: list[str]) -> list[dict[str, Any]]:
-    """Rows of the other models from an earlier run's JSON, so models can be measured one at a time."""
+def kept_rows(path: Path, models: list[str], configs: set[str]) -> list[dict[str, Any]]:
+    """Rows an earlier run's JSON holds that this run does not measure, so rows can be measured apart."""
     if not path.is_file():
         return []
     old = json.loads(path.read_text())
     command = old["settings"].get("command", "")
-    return [{"command": command, **row} for row in old["rows"] if row["model"] not in models]
+    return [{"command": command, **row} for row in old["rows"]
+            if row["model"] not in models or config_key(row) not in configs | {"fp32"}]
+
+
+def config_key(row: dict[str, Any]) -> str:
+    """The ``--configs`` entry (or "fp32") that produces ``row``."""
+    method = row["method"]
+    if method == "float":
+        return "fp32"
+    if method.startswith("onnxruntime"):
+        return "ort"
+    if method.startswith("QAT"):
+        return f"{row['config']}-qat"
+    return "w4a8-adaround" if "AdaRound" in method else row["config"]
 
 
 def _fmt(value: Any, spec: str = ".2f") -> str:
@@ -243,11 +254,12 @@ def to_markdown(payload: dict[str, Any]) -> str:
               "float32 scales otherwise (the ONNX file stores sub-8-bit codes as int8). Latency: median of "
               f"{s['latency_repeats']} runs; speedup against the fp32 ONNX model timed right before each row "
               "(fp32 ms in the JSON). QAT rows name their epochs; where they were trained is in the JSON "
-              "(`qat_device`). Commands:", ""]
+              "(`qat_device`). w4a4i8: W4A4 except the image into the first conv and the pooled features "
+              "into the classifier, kept at 8 bits (weights 4-bit everywhere). Rows and their commands:", ""]
     commands = {}
     for r in payload["rows"]:
-        commands.setdefault(r.get("command", s["command"]), []).append(r["model"])
-    lines += [f"- {', '.join(dict.fromkeys(models))}: `{cmd}`" for cmd, models in commands.items()] + [""]
+        commands.setdefault(r.get("command", s["command"]), []).append(f"{r['model']} {config_key(r)}")
+    lines += [f"- {', '.join(dict.fromkeys(rows))}: `{cmd}`" for cmd, rows in commands.items()] + [""]
     return "\n".join(lines)
 
 
@@ -267,9 +279,11 @@ def main() -> None:
     test = test if args.test_size >= len(test) else test.take(args.test_size, seed=0)
     command = " ".join(["python", *sys.argv])
     out = Path(args.out)
-    rows = kept_rows(out.with_suffix(".json"), args.models.split(","))
+    rows = kept_rows(out.with_suffix(".json"), args.models.split(","), set(args.configs.split(",")))
     for name in args.models.split(","):
         rows += [{**row, "command": command} for row in run_model(args, name, train, test)]
+    order = ["fp32", *CONFIGS]
+    rows.sort(key=lambda r: (list(WEIGHTS).index(r["model"]), order.index(config_key(r))))
     settings = {**vars(args), "qat_from": args.qat_from and str(args.qat_from), "test_size": len(test),
                 "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
                 "onnxruntime": ort.__version__, "cpu": _cpu_name(),
