@@ -35,6 +35,7 @@ import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +146,9 @@ class Job:
     resume: Path | None = None
     lr: float | None = None  # None: the recipe's (a lower one suits a short continuation)
 
+    @cached_property
     def earlier(self) -> dict[str, Any] | None:
-        """The record of the run this job goes on from, or None when it starts afresh."""
+        """The record of the run this job goes on from (read once), or None when it starts afresh."""
         path = self.resume and self.resume / f"{self.name}.json"
         return json.loads(path.read_text()) if path and path.is_file() else None
 
@@ -167,7 +169,7 @@ def run_job(job: Job) -> dict[str, Any]:
     result = _prune_job(job, everything, train, val) if job.name.startswith("prune-") else _qat_job(job, train, val)
     result.update(job=job.name, device=torch.cuda.get_device_name() if job.device.startswith("cuda") else job.device,
                   torch=torch.__version__, train_images=len(train), val_images=len(val), parts=parts)
-    earlier = job.earlier()
+    earlier = job.earlier
     result.update(_stages(earlier, result))
     if earlier and "warm_start" in earlier:
         result["warm_start"] = earlier["warm_start"]
@@ -214,7 +216,7 @@ def _prune_job(job: Job, everything: ImageSet, train: ImageSet, val: ImageSet) -
     base, _, _ = load_model(job.folder / quantization.WEIGHTS["resnet56"], ModelSpec("resnet56"))
     variant = next(v for v in sp.variants(sp.CRITERIA, sp.CRITERIA, sp.CRITERIA) if f"prune-{v.name}" == job.name)
     pruned, record, _ = sp.prune_variant(base, variant, everything, 0.5)
-    if job.earlier():
+    if job.earlier:
         pruned, _ = sp.finetuned_elsewhere(job.resume, variant, pruned)
     config = sp.finetune_config(sp.MODES["full"], job.device, seed=0)
     config = replace(config, lr=job.lr or config.lr)
@@ -234,7 +236,7 @@ def _qat_job(job: Job, train: ImageSet, val: ImageSet) -> dict[str, Any]:
     model, _, _ = load_model(job.folder / quantization.WEIGHTS[model_name], ModelSpec(model_name))
     warm = job.resume and job.resume / f"qat-{model_name}-{WARM_FROM.get(bits, bits)}.pt"
     started = {}
-    if job.earlier():
+    if job.earlier:
         qmodel, _, _ = load_quantized(job.resume / f"{job.name}.pt")
     else:
         qmodel = quantize(model, train.take(min(1024, len(train)), seed=0), weight_bits=weight_bits,
