@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from cnncompress.pipeline import BudgetInfeasible, CompressionResult, CompressOp
 from cnncompress.plan import Budget
 from cnncompress.plan.budget import format_limit
 from cnncompress.train import TrainConfig, evaluate, fit
-from cnncompress.utils import atomic_write_text, seed_everything
+from cnncompress.utils import atomic_write_text, command_line, seed_everything
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 VALIDATION_IMAGES = 5000  # held out of the training split for the planner; the test split stays unseen
@@ -125,7 +124,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     shape = train.info.input_shape
     before = profile(model, shape)
     entry: dict[str, Any] = {
-        "model": name, "dataset": case.dataset, "mode": mode, "command": " ".join(sys.argv),
+        "model": name, "dataset": case.dataset, "mode": mode, "command": command_line(),
         "goal_top1": case.goal_top1, "floor_top1": case.floor_top1, "budget": budget.to_dict(),
         "limits_as_given": case.limits, "baseline": {**baseline_info, "test_top1": baseline_top1},
         "before": {"flash_bytes": before.weight_bytes, "ram_bytes": before.peak_activation_bytes,

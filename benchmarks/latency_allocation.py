@@ -24,7 +24,7 @@ import torch
 from cnncompress.analysis import count_macs, measure_latency
 from cnncompress.models import ModelSpec
 from cnncompress.prune import prune_channels
-from cnncompress.utils import atomic_write_text, seed_everything
+from cnncompress.utils import atomic_write_text, command_line, seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import structured_pruning as sp  # noqa: E402  (its stream layers and its chosen allocation)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "speedup": {bs: min(times["unpruned"][bs]) / ms for bs, ms in best.items()}})
     import onnxruntime
     result = {"benchmark": "latency_allocation", "onnxruntime": onnxruntime.__version__, "threads": threads,
-              "rounds": args.rounds, "repeats": args.repeats, "command": " ".join(["python", *sys.argv]),
+              "rounds": args.rounds, "repeats": args.repeats, "command": command_line(),
               "rows": rows}
     out = Path(args.out)
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 
 from cnncompress.export import export_onnx_fp32
 from cnncompress.models import ModelSpec, load_model
-from cnncompress.utils import atomic_write_text
+from cnncompress.utils import atomic_write_text, command_line
 
 SHAPE = (3, 32, 32)
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "pretrained" / "resnet56-4bfd9763.th"
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pruned, _, _ = load_model(args.pruned)
     result = {"settings": {"batch": args.batch, "runs": args.runs, "threads": args.threads,
                            "onnxruntime": ort.__version__, "pruned": str(args.pruned),
-                           "command": " ".join(["python", *sys.argv])},
+                           "command": command_line()},
               "unpruned": conv_times(unpruned, args.batch, args.runs, args.threads),
               "pruned": conv_times(pruned, args.batch, args.runs, args.threads)}
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -41,7 +40,7 @@ from cnncompress.quant import CALIBRATORS, qat, quantize
 from cnncompress.quant.checkpoint import load_quantized
 from cnncompress.quant.data import calibration_batches
 from cnncompress.train import TrainConfig, evaluate
-from cnncompress.utils import atomic_write_text
+from cnncompress.utils import atomic_write_text, command_line
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
@@ -277,7 +276,7 @@ def main() -> None:
     train = load_dataset("cifar10", "train", data_dir=args.data_dir)
     test = load_dataset("cifar10", "test", data_dir=args.data_dir)
     test = test if args.test_size >= len(test) else test.take(args.test_size, seed=0)
-    command = " ".join(["python", *sys.argv])
+    command = command_line()
     out = Path(args.out)
     rows = kept_rows(out.with_suffix(".json"), args.models.split(","), set(args.configs.split(",")))
     for name in args.models.split(","):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shlex
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -59,6 +61,11 @@ def torch_save_atomic(obj: object, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file so readers never see a partial checkpoint."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def command_line() -> str:
+    """This process's command line, quoted so that it can be pasted back into a shell (empty args too)."""
+    return shlex.join(["python", *sys.argv])
 
 
 def seed_everything(seed: int) -> torch.Generator:
