@@ -44,7 +44,7 @@ from cnncompress.data import ImageSet, load_dataset
 from cnncompress.models import ModelSpec, load_model
 from cnncompress.prune import Taylor, prune_channels
 from cnncompress.train import TrainConfig, evaluate, fit
-from cnncompress.utils import atomic_write_text, seed_everything
+from cnncompress.utils import atomic_write_text, command_line, seed_everything
 
 log = logging.getLogger("structured_pruning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,18 +348,19 @@ def finetuning(result: dict[str, Any]) -> str:
         return f"{s['epochs']} epoch(s) x {s['max_batches'] or 'all'} batches here"
     job = rows[0]
     epochs = "; ".join(f"{r['criterion']}: {r.get('schedule') or str(r['epochs']) + ' epochs'}" for r in rows)
-    return (f"elsewhere by `python benchmarks/gpu_jobs.py run` on {job['finetuned_on']} "
-            f"({epochs}; epochs sized to a shared "
-            f"time budget; {job['train_images']} training images, 2,000 held out for validation)")
+    return (f"elsewhere by `python benchmarks/gpu_jobs.py`, last on {job['finetuned_on']} "
+            f"({epochs}; epochs sized to each call's time budget; {job['train_images']} training images, "
+            "2,000 held out for validation)")
 
 
 def render(result: dict[str, Any]) -> str:
     s, base = result["settings"], result["baseline"]
+    schedule = "" if s.get("finetuned_from") else f", cosine from lr {s['lr']}"  # else each job's own schedule
     lines = [f"# Structured pruning: ResNet-56, MACs target {s['target_macs']:.0%} ({result['mode']} mode)", "",
              f"Measured {result['environment']['utc']} on {result['environment']['device']} "
              f"(torch {result['environment']['torch']}, {result['environment']['torch_threads']} threads). "
-             f"Fine-tuning: {finetuning(result)}, batches of {s['batch_size']}, cosine from "
-             f"lr {s['lr']}, distilled from the unpruned model; accuracy on {s['test_images']} CIFAR-10 test "
+             f"Fine-tuning: {finetuning(result)}, batches of {s['batch_size']}{schedule}, distilled from the "
+             f"unpruned model; accuracy on {s['test_images']} CIFAR-10 test "
              "images (stratified subset unless 10000). Latency: median ms of the unpruned model, speedup "
              f"(unpruned / pruned) for the others; onnxruntime on CPU. Criteria run: {', '.join(s['criteria'])}. "
              "'prune s' includes the bisection to the MACs target; '-all' rows prune the residual stream too; "
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"benchmark": "structured_pruning", "mode": args.mode, "environment": environment(args),
               "settings": {**mode.__dict__, "target_macs": args.target_macs, "seed": args.seed,
                            "all_layers": args.all_layers, "fast": args.fast,
-                           "fast_allocation": FAST_ALLOCATION, "command": " ".join(["python", *sys.argv]),
+                           "fast_allocation": FAST_ALLOCATION, "command": command_line(),
                            "finetuned_from": args.finetuned and str(args.finetuned),
                            "test_images": len(test), "weights": Path(args.weights).name,
                            "taylor_batches": TAYLOR_BATCHES},
