@@ -124,13 +124,18 @@ def train_baseline(name: str, setting: dict[str, Any], train: ImageSet, test: Im
     return model, spec, 100.0 - evaluate(model, test).top1, cached
 
 
+def pipeline_config(setting: dict[str, Any], seed: int, quick: bool = False) -> DeepCompressionConfig:
+    """The Deep Compression pipeline a setting describes, retraining with its baseline recipe at ``retrain_lr``."""
+    train = replace(setting["baseline"], seed=seed, lr=setting["retrain_lr"],
+                    max_batches_per_epoch=QUICK_BATCHES if quick else None)
+    return DeepCompressionConfig(sparsity=setting["sparsity"], bits=setting["bits"], scope="layer",
+                                 prune_epochs=setting["prune_epochs"], share_epochs=setting["share_epochs"],
+                                 distill=setting["distill"], train=train)
+
+
 def compress(setting: dict[str, Any], model, train: ImageSet, val: ImageSet, args: argparse.Namespace):
     """Run the pipeline of ``setting`` on ``model`` in place (``val`` only monitors): model, record, config."""
-    base_config = replace(setting["baseline"], seed=args.seed, lr=setting["retrain_lr"],
-                          max_batches_per_epoch=QUICK_BATCHES if args.quick else None)
-    config = DeepCompressionConfig(sparsity=setting["sparsity"], bits=setting["bits"], scope="layer",
-                                   prune_epochs=setting["prune_epochs"], share_epochs=setting["share_epochs"],
-                                   distill=setting["distill"], train=base_config)
+    config = pipeline_config(setting, args.seed, args.quick)
     model, record = deep_compress(model, config, train, val=val)
     return model, record, config
 
@@ -166,12 +171,17 @@ def score(name: str, candidate: dict[str, Any], baseline, spec, train: ImageSet,
     began = time.perf_counter()
     setting = {**SETTINGS[name], **candidate}
     model, _, _ = compress(setting, copy.deepcopy(baseline), train, val, args)
-    with tempfile.TemporaryDirectory() as tmp:
-        report = write_cnnc(Path(tmp) / f"{name}.cnnc", model, spec)
-    row = {**{k: setting[k] for k in CANDIDATE_KEYS}, "val_error": 100.0 - evaluate(model, val).top1,
-           "ratio": report.ratio, "file_bytes": report.file_bytes, "seconds": time.perf_counter() - began}
+    row = {**{k: setting[k] for k in CANDIDATE_KEYS}, **validation_score(model, spec, val),
+           "seconds": time.perf_counter() - began}
     logging.info("%s candidate %s: validation error %.2f%%, %.1fx", name, candidate, row["val_error"], row["ratio"])
     return row
+
+
+def validation_score(model, spec: ModelSpec, val: ImageSet) -> dict[str, float]:
+    """Validation error of a compressed model and the ratio and bytes of its ``.cnnc`` file (written to a temp dir)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = write_cnnc(Path(tmp) / "model.cnnc", model, spec)
+    return {"val_error": 100.0 - evaluate(model, val).top1, "ratio": report.ratio, "file_bytes": report.file_bytes}
 
 
 def qualifies(candidate: dict[str, Any], baseline_error: float, target_ratio: float) -> bool:

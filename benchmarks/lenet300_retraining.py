@@ -14,7 +14,6 @@ import argparse
 import copy
 import json
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,7 @@ from typing import Any
 import torch
 
 from cnncompress.data import load_dataset
-from cnncompress.encode import DeepCompressionConfig, deep_compress, write_cnnc
-from cnncompress.train import evaluate
+from cnncompress.encode import DeepCompressionConfig, deep_compress
 from cnncompress.utils import atomic_write_text, command_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,12 +47,9 @@ VARIANTS: dict[str, dict[str, Any]] = {  # name -> overrides of the chosen setti
 
 
 def config(overrides: dict[str, Any], seed: int) -> DeepCompressionConfig:
-    """The chosen LeNet-300-100 pipeline with ``overrides`` applied."""
-    setting, overrides = dc.SETTINGS["lenet300"], dict(overrides)
-    train = replace(setting["baseline"], seed=seed, lr=setting["retrain_lr"], **overrides.pop("train", {}))
-    base = {"sparsity": setting["sparsity"], "bits": setting["bits"], "prune_epochs": setting["prune_epochs"],
-            "share_epochs": setting["share_epochs"], "distill": setting["distill"]}
-    return DeepCompressionConfig(**{**base, **overrides}, scope="layer", train=train)
+    """The chosen LeNet-300-100 pipeline with ``overrides`` applied (``train`` ones to its training recipe)."""
+    chosen, overrides = dc.pipeline_config(dc.SETTINGS["lenet300"], seed), dict(overrides)
+    return replace(chosen, train=replace(chosen.train, **overrides.pop("train", {})), **overrides)
 
 
 def main() -> None:
@@ -72,9 +67,7 @@ def main() -> None:
     rows = []
     for name, overrides in VARIANTS.items():
         model, _ = deep_compress(copy.deepcopy(baseline), config(overrides, args.seed), train, val=val)
-        with tempfile.TemporaryDirectory() as tmp:
-            ratio = write_cnnc(Path(tmp) / "m.cnnc", model, spec).ratio
-        rows.append({"variant": name, "val_error": 100.0 - evaluate(model, val).top1, "ratio": ratio})
+        rows.append({"variant": name, **dc.validation_score(model, spec, val)})
         print(json.dumps(rows[-1]), flush=True)
     doc = {"seed": args.seed, "threads": args.threads, "val_images": len(val), "val_baseline_error": baseline_error,
            "command": command_line(), "rows": rows}
