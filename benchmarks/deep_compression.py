@@ -45,14 +45,14 @@ PAPER = {  # Han et al. 2016, Table 1/2/3
 }
 
 # Chosen from GRID by `python benchmarks/deep_compression.py --select` (seed 0, 5,000 validation images; the runs
-# of 2026-11-26 (LeNet-300-100) and 2026-11-27 (LeNet-5)): see "selection" in results/deep_compression.json. The
+# of 2026-11-27, both models): see "selection" in results/deep_compression.json. The
 # baseline recipes are not part of the grid.
 SETTINGS: dict[str, dict[str, Any]] = {
     "lenet300": {
         "baseline": TrainConfig(epochs=20, lr=0.05, weight_decay=1e-4, augment=False),
-        "sparsity": {"fc1": 0.95, "fc2": 0.9, "fc3": 0.7},
+        "sparsity": {"fc1": 0.92, "fc2": 0.9, "fc3": 0.7},
         "bits": {"fc1": 4, "fc2": 5, "fc3": 5},
-        "prune_epochs": 20, "share_epochs": 3, "distill": True, "retrain_lr": 0.01,
+        "prune_epochs": 60, "share_epochs": 3, "distill": True, "retrain_lr": 0.05,
     },
     "lenet5": {
         "baseline": TrainConfig(epochs=12, lr=0.02, weight_decay=5e-4, augment=False),
@@ -72,7 +72,10 @@ def _candidates(layers: tuple[str, ...], rows: list[tuple]) -> list[dict[str, An
 
 
 # Candidates of --select: first the earlier hand-tuned setting, then gentler ones (less sparsity, more bits);
-# for LeNet-300-100, where none of those came within tolerance on validation, also other retraining lengths and rates.
+# for LeNet-300-100, where none of those came within tolerance on validation, also other retraining lengths and rates,
+# and last longer retraining at a higher rate (40 or 60 epochs at lr 0.05), the one change that narrowed the gap on
+# the validation splits of seeds 0-2 in `benchmarks/lenet300_retraining.py --seed K` (so seed 0's split, which
+# --select scores on, helped propose them; the test set did not).
 # LeNet-5 retrains 20 + 3 epochs, as long as LeNet-300-100 (it had 10 + 2, and its test error was still settling
 # after the AGP ramp ended; the run stays under 30 minutes).
 GRID: dict[str, list[dict[str, Any]]] = {
@@ -86,6 +89,9 @@ GRID: dict[str, list[dict[str, Any]]] = {
         ((0.95, 0.9, 0.7), (4, 5, 5), 0.05, 20, 3),
         ((0.95, 0.9, 0.7), (4, 5, 5), 0.025, 30, 3),
         ((0.95, 0.9, 0.7), (4, 5, 5), 0.025, 20, 6),
+        ((0.95, 0.9, 0.7), (4, 5, 5), 0.05, 40, 3),
+        ((0.95, 0.9, 0.7), (4, 5, 5), 0.05, 60, 3),
+        ((0.92, 0.9, 0.7), (4, 5, 5), 0.05, 60, 3),
     ]),
     "lenet5": _candidates(("conv1", "conv2", "fc1", "fc2"), [
         ((0.35, 0.85, 0.95, 0.8), (6, 5, 4, 5), 0.01, 20, 3),
@@ -161,7 +167,8 @@ def run_model(name: str, args: argparse.Namespace, train, test) -> dict[str, Any
                                              "share_epochs": config.share_epochs, "distill": config.distill,
                                              "retrain_lr": setting["retrain_lr"],
                                              "baseline_epochs": setting["baseline"].epochs},
-            "seconds": time.perf_counter() - began, "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seed": args.seed, "seconds": time.perf_counter() - began,
+            "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
@@ -245,8 +252,8 @@ def _when(r: dict[str, Any]) -> str:
     """Thread count and time of a run (older results lack them)."""
     if "utc" not in r:
         return ""
-    threads = r["torch_threads"]
-    return f" with {threads} torch thread{'s' * (threads != 1)}, measured {r['utc']}"
+    threads, seed = r["torch_threads"], r.get("seed", 0)
+    return f" with {threads} torch thread{'s' * (threads != 1)}, seed {seed}, measured {r['utc']}"
 
 
 def _fmt(layers: dict[str, Any]) -> str:
@@ -338,17 +345,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     stem = args.out / ("deep_compression_quick" if args.quick else "deep_compression")
     path = stem.with_suffix(".json")
-    # each mode keeps the other's section of the file: the selection outlives the full runs and vice versa
+    # each mode keeps the other's section of the file (the selection outlives the full runs and vice versa),
+    # and the entries of models it does not run
     doc = {"results": [], "selection": {}, **(json.loads(path.read_text()) if path.is_file() else {}),
            "quick": args.quick}
-    doc["results"] = doc["results"] if args.select else []
     train = load_dataset("mnist", "train", data_dir=args.data_dir)
     test = None if args.select else load_dataset("mnist", "test", data_dir=args.data_dir)
     for name in args.models.split(","):  # written after each model, so a late failure keeps the earlier ones
         if args.select:
             doc["selection"][name] = select_model(name, args, train)
         else:
-            doc["results"].append(_run_logged(name, args, train, test))
+            result = _run_logged(name, args, train, test)
+            kept = [r for r in doc["results"] if r["model"] != name]
+            doc["results"] = sorted([*kept, result], key=lambda r: list(SETTINGS).index(r["model"]))
         atomic_write_text(path, json.dumps(doc, indent=2))
         atomic_write_text(stem.with_suffix(".md"), render(doc))
     print(render(doc))
