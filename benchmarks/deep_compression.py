@@ -249,11 +249,11 @@ def _stages(r: dict[str, Any]) -> str:
 
 
 def _when(r: dict[str, Any]) -> str:
-    """Thread count and time of a run (older results lack them)."""
+    """Thread count, seed and time of a run (older results lack some)."""
     if "utc" not in r:
         return ""
-    threads, seed = r["torch_threads"], r.get("seed", 0)
-    return f" with {threads} torch thread{'s' * (threads != 1)}, seed {seed}, measured {r['utc']}"
+    threads, seed = r["torch_threads"], f", seed {r['seed']}" if "seed" in r else ""
+    return f" with {threads} torch thread{'s' * (threads != 1)}{seed}, measured {r['utc']}"
 
 
 def _fmt(layers: dict[str, Any]) -> str:
