@@ -203,7 +203,7 @@ def prune_variant(base: nn.Module, variant: Variant, train: ImageSet, target_mac
 def finetune_config(mode: Mode, device: str, seed: int, epochs: int | None = None) -> TrainConfig:
     """The fine-tuning recipe of ``mode`` (distillation from the unpruned model is added by the caller)."""
     return TrainConfig(epochs=mode.epochs if epochs is None else epochs, batch_size=mode.batch_size, lr=mode.lr,
-                       seed=seed, device=device, max_batches_per_epoch=mode.max_batches)
+                       seed=seed, device=device, channels_last=device == "cpu", max_batches_per_epoch=mode.max_batches)
 
 
 def finetuned_elsewhere(folder: Path, variant: Variant, pruned: nn.Module) -> tuple[nn.Module, dict[str, Any]]:

@@ -63,6 +63,23 @@ def test_student_learns_from_the_teacher_alone(trained, digits):
     assert evaluate(student, digits[1]).top1 > 80.0
 
 
+def test_channels_last_trains_the_same_model_and_hands_back_the_ordinary_layout(trained, digits):
+    """NHWC is a speed setting only: same steps, same weights up to float rounding, contiguous afterwards."""
+    teacher, _, _ = trained
+    config = TrainConfig(**{**QUICK, "epochs": 1, "max_batches_per_epoch": 5})
+    students = []
+    for layout in (False, True):
+        torch.manual_seed(0)
+        student = build_model("digits_cnn", width=6)
+        fit(student, digits[0], TrainConfig(**{**vars(config), "channels_last": layout}), teacher=teacher,
+            progress=False)
+        students.append(student)
+    for module in (*students, teacher):
+        assert all(p.is_contiguous() for p in module.parameters())
+    for a, b in zip(students[0].parameters(), students[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, digits):
     train = digits[0]
     config = TrainConfig(**{**QUICK, "epochs": 3})

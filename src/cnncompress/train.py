@@ -49,6 +49,7 @@ class TrainConfig:
     kd_alpha: float = 0.9  # weight of the distillation term when a teacher is given
     seed: int = 0
     device: str = "cpu"
+    channels_last: bool = False  # NHWC convolutions: faster training of the CIFAR ResNets on CPU
     max_batches_per_epoch: int | None = None  # for quick runs and tests
 
     def __post_init__(self) -> None:
@@ -174,6 +175,8 @@ def _run_epoch(model, train: ImageSet, config, optimizer, epoch, teacher, loss_t
         for group in optimizer.param_groups:
             group["lr"] = config.lr * _lr_factor(config, (epoch + step / n_batches) / max(config.epochs, 1))
         x, y = _to_device(x, config.device), _to_device(y, config.device)
+        if config.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         loss, logits = _batch_loss(model, x, y, config, teacher, loss_terms)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,9 +201,10 @@ def fit(model: nn.Module, train: ImageSet, config: TrainConfig, val: ImageSet | 
         progress: bool = True) -> TrainRecord:
     """Train ``model`` in place; checkpoint atomically after every epoch and resume from it on request."""
     seed_everything(config.seed)
-    model.to(config.device)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(config.device, memory_format=layout)
     if teacher is not None:
-        teacher.to(config.device).eval()
+        teacher.to(config.device, memory_format=layout).eval()
     optimizer = _make_optimizer(model, config)
     record = TrainRecord(config=asdict(config))
     start = 0
@@ -220,6 +224,9 @@ def fit(model: nn.Module, train: ImageSet, config: TrainConfig, val: ImageSet | 
                  " ".join(f"{k}={v:.4g}" for k, v in entry.items() if k != "epoch"))
         if checkpoint:
             _save_state(checkpoint, model, optimizer, record, epoch + 1)
+    for module in (model, teacher):  # hand back the ordinary layout that export and other tools expect
+        if module is not None:
+            module.to(memory_format=torch.contiguous_format)
     model.eval()
     return record
 
