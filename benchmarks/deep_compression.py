@@ -34,7 +34,7 @@ from cnncompress.data import ImageSet, load_dataset
 from cnncompress.encode import DeepCompressionConfig, bit_equal_states, deep_compress, read_cnnc, write_cnnc
 from cnncompress.models import ModelSpec, load_model, save_checkpoint
 from cnncompress.train import TrainConfig, evaluate, fit
-from cnncompress.utils import atomic_write_text, seed_everything
+from cnncompress.utils import seed_everything, write_result
 
 PAPER = {  # Han et al. 2016, Table 1/2/3
     "lenet300": {"ratio": 40, "baseline_error": 1.64, "error": 1.58, "kept": {"fc1": 8, "fc2": 9, "fc3": 26},
@@ -358,8 +358,7 @@ def main() -> None:
             result = _run_logged(name, args, train, test)
             kept = [r for r in doc["results"] if r["model"] != name]
             doc["results"] = sorted([*kept, result], key=lambda r: list(SETTINGS).index(r["model"]))
-        atomic_write_text(path, json.dumps(doc, indent=2))
-        atomic_write_text(stem.with_suffix(".md"), render(doc))
+        write_result(stem, doc, render(doc))
     print(render(doc))
 
 

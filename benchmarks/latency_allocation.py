@@ -14,7 +14,6 @@ weights do not change the timing, so the untrained architecture is used: no data
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 from cnncompress.analysis import count_macs, measure_latency
 from cnncompress.models import ModelSpec
 from cnncompress.prune import prune_channels
-from cnncompress.utils import atomic_write_text, command_line, seed_everything
+from cnncompress.utils import command_line, seed_everything, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import structured_pruning as sp  # noqa: E402  (its stream layers and its chosen allocation)
@@ -83,9 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"benchmark": "latency_allocation", "onnxruntime": onnxruntime.__version__, "threads": threads,
               "rounds": args.rounds, "repeats": args.repeats, "command": command_line(),
               "rows": rows}
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out.with_suffix(".md"), render(result))
+    write_result(args.out, result, render(result))
     print(render(result))
     return result
 

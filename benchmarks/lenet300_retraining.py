@@ -24,7 +24,7 @@ import torch
 
 from cnncompress.data import load_dataset
 from cnncompress.encode import DeepCompressionConfig, deep_compress
-from cnncompress.utils import atomic_write_text, command_line
+from cnncompress.utils import command_line, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import deep_compression as dc  # noqa: E402  (the benchmark whose setting this dissects)
@@ -91,7 +91,6 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     doc = {"seed": args.seed, "threads": args.threads, "val_images": len(val), "val_baseline_error": baseline_error,
            "command": command_line(), "rows": rows}
-    atomic_write_text(args.out / "lenet300_retraining.json", json.dumps(doc, indent=2) + "\n")
     lines = ["# LeNet-300-100: what the Deep Compression retraining costs, one change at a time", "",
              f"Validation error on {len(val):,} held-out training images (seed {args.seed}, {args.threads} thread(s));"
              f" dense baseline {baseline_error:.2f}%. Rows change one thing of START: fc1/fc2/fc3 sparsity 95/90/70%, "
@@ -99,7 +98,7 @@ def main() -> None:
              f"Command: `{doc['command']}`", "",
              "| variant | validation error % | ratio |", "|---|---:|---:|"]
     lines += [f"| {r['variant']} | {r['val_error']:.2f} | {r['ratio']:.1f}x |" for r in rows]
-    atomic_write_text(args.out / "lenet300_retraining.md", "\n".join(lines) + "\n")
+    write_result(args.out / "lenet300_retraining", doc, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

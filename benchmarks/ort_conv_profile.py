@@ -23,7 +23,7 @@ import torch
 
 from cnncompress.export import export_onnx_fp32
 from cnncompress.models import ModelSpec, load_model
-from cnncompress.utils import atomic_write_text, command_line
+from cnncompress.utils import command_line, write_result
 
 SHAPE = (3, 32, 32)
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "pretrained" / "resnet56-4bfd9763.th"
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "command": command_line()},
               "unpruned": conv_times(unpruned, args.batch, args.runs, args.threads),
               "pruned": conv_times(pruned, args.batch, args.runs, args.threads)}
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.out.with_suffix(".md"), render(result))
+    write_result(args.out, result, render(result))
     print(render(result))
     return result
 

@@ -40,7 +40,7 @@ from cnncompress.quant import CALIBRATORS, qat, quantize
 from cnncompress.quant.checkpoint import load_quantized
 from cnncompress.quant.data import calibration_batches
 from cnncompress.train import TrainConfig, evaluate
-from cnncompress.utils import atomic_write_text, command_line
+from cnncompress.utils import command_line, write_result
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
@@ -289,8 +289,7 @@ def main() -> None:
                 "command": command}
     payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "settings": settings,
                "paper_fp32": PAPER_FP32, "rows": rows}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
-    atomic_write_text(out.with_suffix(".md"), to_markdown(payload))
+    write_result(out, payload, to_markdown(payload))
     print(to_markdown(payload))
 
 

@@ -44,7 +44,7 @@ from cnncompress.data import ImageSet, load_dataset
 from cnncompress.models import ModelSpec, load_model
 from cnncompress.prune import Taylor, prune_channels
 from cnncompress.train import TrainConfig, evaluate, fit
-from cnncompress.utils import atomic_write_text, command_line, seed_everything
+from cnncompress.utils import command_line, seed_everything, write_result
 
 log = logging.getLogger("structured_pruning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -422,8 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "taylor_batches": TAYLOR_BATCHES},
               "baseline": baseline, "criteria": rows, "side_by_side": side_by_side(base, train, test, args),
               "literature": LITERATURE}
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.out.with_suffix(".md"), render(result))
+    write_result(args.out, result, render(result))
     log.info("wrote %s.{json,md}", args.out)
     return result
 

@@ -14,7 +14,6 @@ timing, so untrained models and random images are used: no data needed. Writes `
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from cnncompress.data import ImageSet
 from cnncompress.data.catalog import DATASETS
 from cnncompress.models import ModelSpec
 from cnncompress.train import TrainConfig, fit
-from cnncompress.utils import atomic_write_text, command_line
+from cnncompress.utils import command_line, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency_allocation  # noqa: E402  (builds the pruned widths)
@@ -74,9 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "speedup": t["contiguous"] / t["channels_last"]} for name, t in best.items()]
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch_size": BATCH,
               "batches": args.batches, "rounds": args.rounds, "command": command_line(), "rows": rows}
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out.with_suffix(".md"), render(result))
+    write_result(args.out, result, render(result))
     print(render(result))
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shlex
@@ -55,6 +56,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_result(stem: str | os.PathLike, result: Mapping[str, Any], markdown: str) -> None:
+    """Write a benchmark's ``stem.json`` (the figures) and ``stem.md`` (their table), each atomically."""
+    stem = Path(stem)
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(stem.with_suffix(".md"), markdown)
 
 
 def torch_save_atomic(obj: object, path: str | os.PathLike) -> None:
