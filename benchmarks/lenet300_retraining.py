@@ -93,8 +93,10 @@ def main() -> None:
            "command": command_line(), "rows": rows}
     lines = ["# LeNet-300-100: what the Deep Compression retraining costs, one change at a time", "",
              f"Validation error on {len(val):,} held-out training images (seed {args.seed}, {args.threads} thread(s));"
-             f" dense baseline {baseline_error:.2f}%. Rows change one thing of START: fc1/fc2/fc3 sparsity 95/90/70%, "
-             f"4/5/5 bits, {START['prune_epochs']} + {START['share_epochs']} epochs at lr {START['retrain_lr']}. "
+             f" dense baseline {baseline_error:.2f}%. Rows change one thing of START: {'/'.join(START['sparsity'])} "
+             f"sparsity {'/'.join(f'{v * 100:g}' for v in START['sparsity'].values())}%, "
+             f"{'/'.join(str(b) for b in START['bits'].values())} bits, "
+             f"{START['prune_epochs']} + {START['share_epochs']} epochs at lr {START['retrain_lr']}. "
              f"Command: `{doc['command']}`", "",
              "| variant | validation error % | ratio |", "|---|---:|---:|"]
     lines += [f"| {r['variant']} | {r['val_error']:.2f} | {r['ratio']:.1f}x |" for r in rows]

@@ -154,7 +154,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------ measuring
-def latency(model: nn.Module, mode: Mode, device: str) -> dict[str, dict[str, float]]:
+Latency = dict[str, dict[str, float]]  # backend -> batch size -> ms
+
+
+def latency(model: nn.Module, mode: Mode, device: str) -> Latency:
     """Median ms per batch for torch (on ``device``) and onnxruntime (CPU), batch 1 and 64."""
     out = {}
     for backend in ("torch", "onnxruntime"):
@@ -162,9 +165,6 @@ def latency(model: nn.Module, mode: Mode, device: str) -> dict[str, dict[str, fl
         report = measure_latency(on, SHAPE, batch_sizes=(1, 64), backend=backend, repeats=mode.repeats)
         out[backend] = {str(bs): b.median_ms for bs, b in report.batches.items()}
     return out
-
-
-Latency = dict[str, dict[str, float]]  # backend -> batch size -> ms
 
 
 def interleaved_latency(models: dict[str, nn.Module], mode: Mode, device: str) -> dict[str, Latency]:
@@ -182,7 +182,7 @@ def interleaved_latency(models: dict[str, nn.Module], mode: Mode, device: str) -
     return best
 
 
-def speedup(base: dict[str, dict[str, float]], pruned: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+def speedup(base: Latency, pruned: Latency) -> dict[str, dict[str, float]]:
     return {backend: {bs: base[backend][bs] / ms for bs, ms in times.items()} for backend, times in pruned.items()}
 
 
