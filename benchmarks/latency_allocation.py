@@ -4,11 +4,12 @@ onnxruntime's CPU convolutions work on channel blocks (16 floats with AVX-512), 
 from 16 to 8 channels costs nearly what it did, and halving every stage (16/32/64 -> 8/16/32 inside
 the blocks) halves the MACs but not the batch-64 time. This script times allocations of the
 block-internal channels (the residual stream kept whole, as in ``structured_pruning.py``) in one
-run, interleaving the models over several rounds, and writes ``<out>.json`` and ``<out>.md``. The
-weights do not change the timing, so the untrained architecture is used: no data needed.
+run, in rounds that take every model in turn (speedups paired by round), and writes ``<out>.json``
+and ``<out>.md``. The weights do not change the timing, so the untrained architecture is used: no
+data needed.
 
-    python benchmarks/latency_allocation.py            # ~3 min on 2 cores
-    python benchmarks/latency_allocation.py --rounds 1 --repeats 3 --out runs/latency_smoke
+    python benchmarks/latency_allocation.py            # ~2 min on 2 cores
+    python benchmarks/latency_allocation.py --rounds 2 --repeats 3 --out runs/latency_smoke
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from cnncompress.analysis import count_macs, measure_latency
+from cnncompress.analysis import compare_latency, count_macs
 from cnncompress.models import ModelSpec
 from cnncompress.prune import prune_channels
 from cnncompress.utils import command_line, seed_everything, write_result
@@ -53,33 +54,29 @@ def build(fractions: tuple[float, ...]) -> torch.nn.Module:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the fastest counts)")
-    p.add_argument("--repeats", type=int, default=20, help="timed runs per batch size and round")
+    p.add_argument("--rounds", type=int, default=12, help="rounds that time every model in turn")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per model, batch size and round")
     p.add_argument("--threads", type=int, help="onnxruntime threads (default: torch's)")
     p.add_argument("--out", default=str(ROOT / "results/latency_allocation"))
     args = p.parse_args(argv)
-    threads = args.threads or torch.get_num_threads()
     chosen = tuple(sp.FAST_ALLOCATION[f"{stage}.*.conv1"] for stage in STAGES)
     models = {"unpruned": ModelSpec("resnet56").build().eval()}
     models.update({name: build(f) for name, f in ALLOCATIONS.items()})
-    times: dict[str, dict[str, list[float]]] = {name: {"1": [], "64": []} for name in models}
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            report = measure_latency(model, sp.SHAPE, batch_sizes=(1, 64), backend="onnxruntime",
-                                     repeats=args.repeats, threads=threads)
-            for bs, batch in report.batches.items():
-                times[name][str(bs)].append(batch.median_ms)
+    timed = compare_latency(models, sp.SHAPE, "unpruned", (1, 64), "onnxruntime", rounds=args.rounds,
+                            repeats=args.repeats, threads=args.threads)
     base_macs = count_macs(models["unpruned"], sp.SHAPE)
     rows = []
     for name, model in models.items():
-        best = {bs: min(ms) for bs, ms in times[name].items()}
+        speedups = {str(bs): timed.speedup(name, bs) for bs in (1, 64)}
         rows.append({"allocation": name, "dropped_fractions": list(ALLOCATIONS.get(name, (0.0, 0.0, 0.0))),
                      "chosen": ALLOCATIONS.get(name) == chosen,
                      "macs_fraction": count_macs(model, sp.SHAPE) / base_macs,
-                     "ort_ms": best, "ort_ms_rounds": times[name],
-                     "speedup": {bs: min(times["unpruned"][bs]) / ms for bs, ms in best.items()}})
+                     "ort_ms": {str(bs): timed.median_ms(name, bs) for bs in (1, 64)},
+                     "ort_ms_rounds": {str(bs): ms for bs, ms in timed.round_ms[name].items()},
+                     "speedup": {bs: s.median for bs, s in speedups.items()},
+                     "speedup_interval": {bs: [s.low, s.high] for bs, s in speedups.items()}})
     import onnxruntime
-    result = {"benchmark": "latency_allocation", "onnxruntime": onnxruntime.__version__, "threads": threads,
+    result = {"benchmark": "latency_allocation", "onnxruntime": onnxruntime.__version__, "threads": timed.threads,
               "rounds": args.rounds, "repeats": args.repeats, "command": command_line(),
               "rows": rows}
     write_result(args.out, result, render(result))
@@ -89,14 +86,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     lines = ["# onnxruntime latency of ResNet-56 block-internal width allocations", "",
-             f"onnxruntime {result['onnxruntime']} on CPU, {result['threads']} threads; fastest median of "
-             f"{result['rounds']} interleaved rounds of {result['repeats']} runs. Widths are the block-internal "
+             f"onnxruntime {result['onnxruntime']} on CPU, {result['threads']} threads. Each model's median of "
+             f"{result['repeats']} runs, timed in {result['rounds']} rounds that take every model in turn (order "
+             "rotated): ms is the median over rounds, speedup the median of the per-round speedups with its 90% "
+             "bootstrap interval. Widths are the block-internal "
              "channels of stages 1/2/3 (unpruned 16/32/64); the residual stream is kept. 'chosen' is "
              f"`structured_pruning.FAST_ALLOCATION`. Command: `{result['command']}`", "",
              "| allocation | MACs fraction | ort b1 ms | ort b64 ms | speedup b1 | speedup b64 | chosen |",
              "|---|---:|---:|---:|---:|---:|---|"]
     lines += [f"| {r['allocation']} | {r['macs_fraction']:.3f} | {r['ort_ms']['1']:.2f} | {r['ort_ms']['64']:.1f} | "
-              f"{r['speedup']['1']:.2f}x | {r['speedup']['64']:.2f}x | {'yes' if r['chosen'] else ''} |"
+              + "".join(f"{sp.speedup_cell(r['speedup'][k], r['speedup_interval'][k])} | " for k in ("1", "64"))
+              + f"{'yes' if r['chosen'] else ''} |"
               for r in result["rows"]]
     return "\n".join(lines) + "\n"
 

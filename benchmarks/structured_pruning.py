@@ -26,7 +26,6 @@ import argparse
 import copy
 import json
 import logging
-import math
 import platform
 import sys
 import time
@@ -40,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnncompress.analysis import count_macs, measure_latency
+from cnncompress.analysis import LatencyComparison, compare_latency, count_macs
 from cnncompress.data import ImageSet, load_dataset
 from cnncompress.models import ModelSpec, load_model
 from cnncompress.prune import Taylor, prune_channels
@@ -79,15 +78,15 @@ class Mode:
     batch_size: int
     lr: float
     test_images: int | None  # stratified test subset (None: all 10,000)
-    repeats: int  # latency repeats per batch size
-    latency_rounds: int  # interleaved timing rounds over all models (the fastest counts)
+    repeats: int  # timed runs per model, batch size and round
+    latency_rounds: int  # rounds that time every model in turn; speedups pair models by round
     criteria: tuple[str, ...] = CRITERIA
 
 
 MODES = {
-    "quick": Mode(epochs=1, max_batches=60, batch_size=128, lr=0.01, test_images=2000, repeats=15, latency_rounds=2),
-    "full": Mode(epochs=60, max_batches=None, batch_size=128, lr=0.02, test_images=None, repeats=50, latency_rounds=3),
-    "smoke": Mode(epochs=1, max_batches=2, batch_size=32, lr=0.01, test_images=200, repeats=3, latency_rounds=1,
+    "quick": Mode(epochs=1, max_batches=60, batch_size=128, lr=0.01, test_images=2000, repeats=10, latency_rounds=6),
+    "full": Mode(epochs=60, max_batches=None, batch_size=128, lr=0.02, test_images=None, repeats=20, latency_rounds=15),
+    "smoke": Mode(epochs=1, max_batches=2, batch_size=32, lr=0.01, test_images=200, repeats=3, latency_rounds=2,
                   criteria=("l1",)),
 }
 
@@ -154,36 +153,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------ measuring
-Latency = dict[str, dict[str, float]]  # backend -> batch size -> ms
-
-
-def latency(model: nn.Module, mode: Mode, device: str) -> Latency:
-    """Median ms per batch for torch (on ``device``) and onnxruntime (CPU), batch 1 and 64."""
+def compare(models: dict[str, nn.Module], mode: Mode, device: str) -> dict[str, LatencyComparison]:
+    """Paired timings against the unpruned model: torch on ``device``, onnxruntime on the CPU."""
     out = {}
     for backend in ("torch", "onnxruntime"):
-        on = copy.deepcopy(model).to(device if backend == "torch" else "cpu").eval()
-        report = measure_latency(on, SHAPE, batch_sizes=(1, 64), backend=backend, repeats=mode.repeats)
-        out[backend] = {str(bs): b.median_ms for bs, b in report.batches.items()}
+        on = {name: copy.deepcopy(m).to(device if backend == "torch" else "cpu").eval() for name, m in models.items()}
+        out[backend] = compare_latency(on, SHAPE, "unpruned", (1, 64), backend, rounds=mode.latency_rounds,
+                                       repeats=mode.repeats)
     return out
 
 
-def interleaved_latency(models: dict[str, nn.Module], mode: Mode, device: str) -> dict[str, Latency]:
-    """Each model's fastest median over ``mode.latency_rounds`` rounds that time every model in turn.
-
-    Timing the unpruned model once, first, let one slow spell on this shared machine move a speedup
-    by 15% either way; interleaved, a slow spell costs every model alike.
-    """
-    best: dict[str, Latency] = {}
-    for _ in range(mode.latency_rounds):
-        for name, model in models.items():
-            for backend, times in latency(model, mode, device).items():
-                slot = best.setdefault(name, {}).setdefault(backend, {})
-                slot.update({bs: min(ms, slot.get(bs, math.inf)) for bs, ms in times.items()})
-    return best
-
-
-def speedup(base: Latency, pruned: Latency) -> dict[str, dict[str, float]]:
-    return {backend: {bs: base[backend][bs] / ms for bs, ms in times.items()} for backend, times in pruned.items()}
+def timings(comparisons: dict[str, LatencyComparison], name: str) -> dict[str, Any]:
+    """A model's median ms per backend and batch size, and (but the baseline's) its paired speedups."""
+    out: dict[str, Any] = {"latency_ms": {b: {str(bs): c.median_ms(name, bs) for bs in (1, 64)}
+                                          for b, c in comparisons.items()}}
+    if name != "unpruned":
+        speedups = {b: {str(bs): c.speedup(name, bs) for bs in (1, 64)} for b, c in comparisons.items()}
+        out["speedup"] = {b: {bs: s.median for bs, s in per.items()} for b, per in speedups.items()}
+        out["speedup_interval"] = {b: {bs: [s.low, s.high] for bs, s in per.items()} for b, per in speedups.items()}
+    return out
 
 
 def top1(model: nn.Module, test: ImageSet, device: str) -> float:
@@ -374,6 +362,11 @@ def finetuning(result: dict[str, Any]) -> str:
             "2,000 held out for validation)")
 
 
+def speedup_cell(median: float, interval: list[float]) -> str:
+    """A speedup with its bootstrap interval, for a table cell."""
+    return f"{median:.2f}x ({interval[0]:.2f}-{interval[1]:.2f})"
+
+
 def render(result: dict[str, Any]) -> str:
     s, base = result["settings"], result["baseline"]
     schedule = "" if s.get("finetuned_from") else f", cosine from lr {s['lr']}"  # else each job's own schedule
@@ -382,9 +375,11 @@ def render(result: dict[str, Any]) -> str:
              f"(torch {result['environment']['torch']}, {result['environment']['torch_threads']} threads). "
              f"Fine-tuning: {finetuning(result)}, batches of {s['batch_size']}{schedule}, distilled from the "
              f"unpruned model; accuracy on {s['test_images']} CIFAR-10 test "
-             "images (stratified subset unless 10000). Latency: fastest median of "
-             f"{s.get('latency_rounds', 1)} interleaved round(s), ms of the unpruned model, speedup "
-             f"(unpruned / pruned) for the others; onnxruntime on CPU. Criteria run: {', '.join(s['criteria'])}. "
+             "images (stratified subset unless 10000). Latency: each model's median of "
+             f"{s['repeats']} runs, timed in {s['latency_rounds']} rounds that take every model in turn (order "
+             "rotated); the unpruned row gives the median over rounds, the others the median of the per-round "
+             "speedups (unpruned / pruned) with its 90% bootstrap interval; onnxruntime on CPU. "
+             f"Criteria run: {', '.join(s['criteria'])}. "
              "'prune s' includes the bisection to the MACs target; '-all' rows prune the residual stream too; "
              f"'-fast' rows take the latency-aware widths {s.get('fast_allocation', FAST_ALLOCATION)} "
              "(fraction of block-internal channels dropped per stage) instead of the MACs target. "
@@ -398,7 +393,8 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| {r['criterion']} | {r['prune_seconds']:.2f} | {r['macs'] / 1e6:.1f} | "
                      f"{base['macs'] / r['macs']:.2f} | {r['params'] / 1e6:.3f} | {r['top1_pruned']:.2f} | "
                      f"{r['top1_finetuned']:.2f} "
-                     + "".join(f"| {r['speedup'][b][k]:.2f}x " for b in ("torch", "onnxruntime") for k in ("1", "64"))
+                     + "".join(f"| {speedup_cell(r['speedup'][b][k], r['speedup_interval'][b][k])} "
+                       for b in ("torch", "onnxruntime") for k in ("1", "64"))
                      + "|")
     sbs = result["side_by_side"]
     lines += ["", "## Side by side with Torch-Pruning (same run, same criterion, same MACs target)", ""]
@@ -434,11 +430,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     baseline = {**costs(base), "top1": top1(base, test, args.device)}
     log.info("baseline: %s", baseline)
     runs = [run_variant(v, base, train, test, args) for v in variants(mode.criteria, args.all_layers, args.fast)]
-    times = interleaved_latency({"unpruned": base, **{row["criterion"]: model for row, model in runs}}, mode,
-                                args.device)
-    baseline["latency_ms"] = times["unpruned"]
-    rows = [row | {"latency_ms": (mine := times[row["criterion"]]), "speedup": speedup(times["unpruned"], mine)}
-            for row, _ in runs]
+    comparisons = compare({"unpruned": base, **{row["criterion"]: model for row, model in runs}}, mode, args.device)
+    baseline |= timings(comparisons, "unpruned")
+    rows = [row | timings(comparisons, row["criterion"]) for row, _ in runs]
     result = {"benchmark": "structured_pruning", "mode": args.mode, "environment": environment(args),
               "settings": {**mode.__dict__, "target_macs": args.target_macs, "seed": args.seed,
                            "all_layers": args.all_layers, "fast": args.fast,
@@ -447,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "test_images": len(test), "weights": Path(args.weights).name,
                            "taylor_batches": TAYLOR_BATCHES},
               "baseline": baseline, "criteria": rows, "side_by_side": side_by_side(base, train, test, args),
-              "literature": LITERATURE}
+              "literature": LITERATURE, "latency": {b: c.to_dict() for b, c in comparisons.items()}}
     write_result(args.out, result, render(result))
     log.info("wrote %s.{json,md}", args.out)
     return result

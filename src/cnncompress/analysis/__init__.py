@@ -2,9 +2,18 @@
 
 from .activations import ActivationPeak, ActivationTraceError, peak_activation
 from .cost import CostReport, LayerCost, count_macs, profile
-from .latency import BatchLatency, LatencyReport, measure_latency
+from .latency import (
+    BatchLatency,
+    LatencyComparison,
+    LatencyReport,
+    Speedup,
+    compare_latency,
+    measure_latency,
+    paired_speedup,
+)
 
 __all__ = [
-    "ActivationPeak", "ActivationTraceError", "BatchLatency", "CostReport", "LatencyReport", "LayerCost",
-    "count_macs", "measure_latency", "peak_activation", "profile",
+    "ActivationPeak", "ActivationTraceError", "BatchLatency", "CostReport", "LatencyComparison", "LatencyReport",
+    "LayerCost", "Speedup", "compare_latency", "count_macs", "measure_latency", "paired_speedup", "peak_activation",
+    "profile",
 ]

@@ -2,6 +2,8 @@
 
 Single timings on a shared CPU are noise; the median of repeated runs after warm-up, with the
 10th/90th percentiles as spread and the thread count recorded, is comparable between runs.
+A speedup is a comparison, so ``compare_latency`` times the models back to back in rounds and
+reports the median of the per-round ratios with a bootstrap interval.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -145,3 +147,99 @@ def measure_latency(model: nn.Module | str | os.PathLike, input_shape: tuple[int
     else:
         raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnxruntime'")
     return LatencyReport(backend, threads, shape, warmup, repeats, {r.batch_size: r for r in results})
+
+
+@dataclass
+class Speedup:
+    """Baseline latency over a model's: the median of per-round ratios and its bootstrap interval."""
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f}x ({self.low:.2f}-{self.high:.2f})"
+
+
+def paired_speedup(baseline_ms: Sequence[float], model_ms: Sequence[float], confidence: float = 0.9,
+                   resamples: int = 2000, seed: int = 0) -> Speedup:
+    """Median of ``baseline / model`` over rounds that timed both back to back, with a percentile
+    bootstrap interval of that median (rounds resampled; ``confidence`` is the interval's coverage).
+
+    Pairing cancels the slow drifts of a shared machine (both members of a round see the same
+    load), and the median ignores the rounds a neighbour's burst spoiled.
+    """
+    base, model = np.asarray(baseline_ms, dtype=float), np.asarray(model_ms, dtype=float)
+    if base.ndim != 1 or base.shape != model.shape or not len(base) or not all(
+            np.all(np.isfinite(t)) and np.all(t > 0) for t in (base, model)):
+        raise ValueError("need one positive, finite timing per round for both models, as many for each")
+    ratios = base / model
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    picks = np.random.default_rng(seed).integers(0, len(ratios), size=(resamples, len(ratios)))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(np.median(ratios[picks], axis=1), [tail, 100 - tail])
+    return Speedup(float(np.median(ratios)), float(low), float(high), len(ratios))
+
+
+@dataclass
+class LatencyComparison:
+    """Per-round median latencies (ms per batch) of several models timed in turn on one backend."""
+
+    backend: str
+    threads: int
+    input_shape: tuple[int, ...]
+    baseline: str
+    warmup: int
+    repeats: int
+    round_ms: dict[str, dict[int, list[float]]]
+
+    def median_ms(self, name: str, batch_size: int) -> float:
+        """The median over rounds of a model's per-round median."""
+        return float(np.median(self.round_ms[name][batch_size]))
+
+    def speedup(self, name: str, batch_size: int, confidence: float = 0.9) -> Speedup:
+        """``name`` against the baseline, paired by round."""
+        return paired_speedup(self.round_ms[self.baseline][batch_size], self.round_ms[name][batch_size], confidence)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: round timings, medians and speedups (with interval) per model and batch size."""
+        return {"backend": self.backend, "threads": self.threads, "input_shape": list(self.input_shape),
+                "baseline": self.baseline, "warmup": self.warmup, "repeats": self.repeats,
+                "models": {name: {str(bs): {"round_ms": times, "median_ms": self.median_ms(name, bs),
+                                            "speedup": asdict(self.speedup(name, bs))}
+                                  for bs, times in per_batch.items()}
+                           for name, per_batch in self.round_ms.items()}}
+
+
+def compare_latency(models: Mapping[str, nn.Module | str | os.PathLike], input_shape: tuple[int, ...],
+                    baseline: str, batch_sizes: Sequence[int] = (1, 64), backend: Backend = "torch",
+                    rounds: int = 10, warmup: int = 5, repeats: int = 20,
+                    threads: int | None = None) -> LatencyComparison:
+    """Time every model once per round, in an order rotated each round, for paired speedups.
+
+    Each round measures each model's median of ``repeats`` runs; onnxruntime gets a fresh session
+    per measurement, exported once up front (a second live session's spinning threads slowed the
+    timed one by a third on 2 cores). Torch models run on the device they are on.
+    """
+    if baseline not in models:
+        raise ValueError(f"baseline {baseline!r} is not among the models {sorted(models)}")
+    if rounds < 1:
+        raise ValueError(f"need at least one round, got {rounds}")
+    shape = tuple(int(d) for d in input_shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        timed = dict(models)
+        if backend == "onnxruntime":
+            from ..export.onnx_fp32 import export_onnx_fp32
+
+            timed = {name: export_onnx_fp32(m, Path(tmp) / f"model{i}.onnx", shape) if isinstance(m, nn.Module)
+                     else m for i, (name, m) in enumerate(models.items())}
+        names = list(timed)
+        round_ms: dict[str, dict[int, list[float]]] = {name: {bs: [] for bs in batch_sizes} for name in names}
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                report = measure_latency(timed[name], shape, batch_sizes, backend, warmup, repeats, threads)
+                for bs, batch in report.batches.items():
+                    round_ms[name][bs].append(batch.median_ms)
+    return LatencyComparison(backend, report.threads, shape, baseline, warmup, repeats, round_ms)
