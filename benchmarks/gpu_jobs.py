@@ -61,9 +61,10 @@ PACK = ROOT / ".gpu"
 PARTS = 2
 VAL_IMAGES = 2000
 QAT_LR = 1e-4
-PRUNE_JOBS = [f"prune-{v.name}" for v in sp.variants(sp.CRITERIA, ("fpgm",), ("fpgm",))]
+PRUNE_JOBS = [f"prune-{v.name}" for v in sp.variants(sp.CRITERIA, ("fpgm",), ("fpgm",), ("fpgm",))]
 QAT_JOBS = [f"qat-{model}-{config}" for model in ("resnet20", "resnet56") for config in quantization.QAT_CONFIGS]
-WARM_FROM = {"w4a4i8": "w4a4"}  # a config whose job may start from another's checkpoint in --resume
+# a job (by the last part of its name) that may start from another's checkpoint in --resume
+WARM_FROM = {"w4a4i8": "w4a4", "faster": "fast"}
 JOBS = PRUNE_JOBS + QAT_JOBS
 
 
@@ -214,10 +215,14 @@ def _train(job: Job, model, train, val, config, run) -> dict[str, Any]:
 
 def _prune_job(job: Job, everything: ImageSet, train: ImageSet, val: ImageSet) -> dict[str, Any]:
     base, _, _ = load_model(job.folder / quantization.WEIGHTS["resnet56"], ModelSpec("resnet56"))
-    variant = next(v for v in sp.variants(sp.CRITERIA, sp.CRITERIA, sp.CRITERIA) if f"prune-{v.name}" == job.name)
+    variant = next(v for v in sp.variants(*[sp.CRITERIA] * 4) if f"prune-{v.name}" == job.name)
     pruned, record, _ = sp.prune_variant(base, variant, everything, 0.5)
+    started = {}
     if job.earlier:
         pruned, _ = sp.finetuned_elsewhere(job.resume, variant, pruned)
+    elif (warm := warm_source(job)) and warm.is_file():
+        pruned = sp.narrowed(load_model(warm)[0], pruned, variant, everything)
+        started = warm_record(warm)
     config = sp.finetune_config(sp.MODES["full"], job.device, seed=0)
     config = replace(config, lr=job.lr or config.lr)
 
@@ -227,14 +232,15 @@ def _prune_job(job: Job, everything: ImageSet, train: ImageSet, val: ImageSet) -
     result = _train(job, pruned, train, val, config, run)
     save_checkpoint(job.stage / f"{job.name}.pt", pruned.cpu(), ModelSpec("resnet56"), variant=variant.name,
                     macs_fraction=record.macs_fraction)
-    return {**result, "macs_fraction": record.macs_fraction, "params": sum(p.numel() for p in pruned.parameters())}
+    return {**result, "macs_fraction": record.macs_fraction, "params": sum(p.numel() for p in pruned.parameters()),
+            **started}
 
 
 def _qat_job(job: Job, train: ImageSet, val: ImageSet) -> dict[str, Any]:
     _, model_name, bits = job.name.split("-")
     weight_bits, act_bits, wide = quantization.QAT_CONFIGS[bits]
     model, _, _ = load_model(job.folder / quantization.WEIGHTS[model_name], ModelSpec(model_name))
-    warm = job.resume and job.resume / f"qat-{model_name}-{WARM_FROM.get(bits, bits)}.pt"
+    warm = warm_source(job)
     started = {}
     if job.earlier:
         qmodel, _, _ = load_quantized(job.resume / f"{job.name}.pt")
@@ -243,8 +249,7 @@ def _qat_job(job: Job, train: ImageSet, val: ImageSet) -> dict[str, Any]:
                           act_bits=act_bits, layer_input_bits=wide)
         if warm and warm.is_file():
             warm_start(qmodel, warm)
-            started = {"warm_start": {"from": warm.name,
-                                      "schedule": json.loads(warm.with_suffix(".json").read_text())["schedule"]}}
+            started = warm_record(warm)
     config = quantization.qat_config(1, job.lr or QAT_LR, job.device)
 
     def run(q, cfg, val_set=None):
@@ -253,6 +258,18 @@ def _qat_job(job: Job, train: ImageSet, val: ImageSet) -> dict[str, Any]:
     result = _train(job, qmodel, train, val, config, run)
     save_quantized(job.stage / f"{job.name}.pt", qmodel.cpu(), ModelSpec(model_name), job=job.name)
     return result | started
+
+
+def warm_source(job: Job) -> Path | None:
+    """The checkpoint in ``--resume`` a job starts from when it has none of its own (``WARM_FROM``)."""
+    head, _, tail = job.name.rpartition("-")
+    return job.resume and job.resume / f"{head}-{WARM_FROM.get(tail, tail)}.pt"
+
+
+def warm_record(path: Path) -> dict[str, Any]:
+    """What a warm-started job's record says of where it started (its source's schedule)."""
+    schedule = json.loads(path.with_suffix(".json").read_text())["schedule"]
+    return {"warm_start": {"from": path.name, "schedule": schedule}}
 
 
 def warm_start(qmodel: nn.Module, path: Path) -> None:
