@@ -27,7 +27,7 @@ from cnncompress.prune import prune_channels
 from cnncompress.utils import command_line, seed_everything, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import structured_pruning as sp  # noqa: E402  (its stream layers and its chosen allocation)
+import structured_pruning as sp  # noqa: E402  (its stream layers and its chosen allocations)
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("layer1", "layer2", "layer3")
@@ -36,6 +36,7 @@ ALLOCATIONS = {
     "uniform 8/16/32": (0.5, 0.5, 0.5),
     "4/16/32": (0.75, 0.5, 0.5),
     "8/16/16": (0.5, 0.5, 0.75),
+    "4/16/16": (0.75, 0.5, 0.75),
     "16/16/16": (0.0, 0.5, 0.75),
     "8/16/48": (0.5, 0.5, 0.25),
 }
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, help="onnxruntime threads (default: torch's)")
     p.add_argument("--out", default=str(ROOT / "results/latency_allocation"))
     args = p.parse_args(argv)
-    chosen = tuple(sp.FAST_ALLOCATION[f"{stage}.*.conv1"] for stage in STAGES)
+    chosen = {name: tuple(widths[f"{stage}.*.conv1"] for stage in STAGES) for name, widths in sp.ALLOCATIONS.items()}
     models = {"unpruned": ModelSpec("resnet56").build().eval()}
     models.update({name: build(f) for name, f in ALLOCATIONS.items()})
     timed = compare_latency(models, sp.SHAPE, "unpruned", (1, 64), "onnxruntime", rounds=args.rounds,
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, model in models.items():
         speedups = {str(bs): timed.speedup(name, bs) for bs in (1, 64)}
         rows.append({"allocation": name, "dropped_fractions": list(ALLOCATIONS.get(name, (0.0, 0.0, 0.0))),
-                     "chosen": ALLOCATIONS.get(name) == chosen,
+                     "chosen": next((label for label, f in chosen.items() if ALLOCATIONS.get(name) == f), ""),
                      "macs_fraction": count_macs(model, sp.SHAPE) / base_macs,
                      "ort_ms": {str(bs): timed.median_ms(name, bs) for bs in (1, 64)},
                      "ort_ms_rounds": {str(bs): ms for bs, ms in timed.round_ms[name].items()},
@@ -89,14 +90,14 @@ def render(result: dict[str, Any]) -> str:
              f"onnxruntime {result['onnxruntime']} on CPU, {result['threads']} threads. Each model's median of "
              f"{result['repeats']} runs, timed in {result['rounds']} rounds that take every model in turn (order "
              "rotated): ms is the median over rounds, speedup the median of the per-round speedups with its 90% "
-             "bootstrap interval. Widths are the block-internal "
-             "channels of stages 1/2/3 (unpruned 16/32/64); the residual stream is kept. 'chosen' is "
-             f"`structured_pruning.FAST_ALLOCATION`. Command: `{result['command']}`", "",
+             "bootstrap interval. Widths are the block-internal channels of stages 1/2/3 (unpruned 16/32/64); "
+             "the residual stream is kept. 'chosen' names the allocation in `structured_pruning.ALLOCATIONS`. "
+             f"Command: `{result['command']}`", "",
              "| allocation | MACs fraction | ort b1 ms | ort b64 ms | speedup b1 | speedup b64 | chosen |",
              "|---|---:|---:|---:|---:|---:|---|"]
     lines += [f"| {r['allocation']} | {r['macs_fraction']:.3f} | {r['ort_ms']['1']:.2f} | {r['ort_ms']['64']:.1f} | "
               + "".join(f"{sp.speedup_cell(r['speedup'][k], r['speedup_interval'][k])} | " for k in ("1", "64"))
-              + f"{'yes' if r['chosen'] else ''} |"
+              + f"{r['chosen']} |"
               for r in result["rows"]]
     return "\n".join(lines) + "\n"
 
