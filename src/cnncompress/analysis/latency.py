@@ -174,9 +174,9 @@ def paired_speedup(baseline_ms: Sequence[float], model_ms: Sequence[float], conf
     if base.ndim != 1 or base.shape != model.shape or not len(base) or not all(
             np.all(np.isfinite(t)) and np.all(t > 0) for t in (base, model)):
         raise ValueError("need one positive, finite timing per round for both models, as many for each")
-    ratios = base / model
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    ratios = base / model
     picks = np.random.default_rng(seed).integers(0, len(ratios), size=(resamples, len(ratios)))
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(np.median(ratios[picks], axis=1), [tail, 100 - tail])
@@ -220,8 +220,9 @@ def compare_latency(models: Mapping[str, nn.Module | str | os.PathLike], input_s
     """Time every model once per round, in an order rotated each round, for paired speedups.
 
     Each round measures each model's median of ``repeats`` runs; onnxruntime gets a fresh session
-    per measurement, exported once up front (a second live session's spinning threads slowed the
-    timed one by a third on 2 cores). Torch models run on the device they are on.
+    per measurement, exported once up front (a session's worker threads spin for a while after each
+    run, which slows another session run right after it on a small CPU). Torch models run on the
+    device they are on.
     """
     if baseline not in models:
         raise ValueError(f"baseline {baseline!r} is not among the models {sorted(models)}")
