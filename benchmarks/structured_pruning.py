@@ -61,7 +61,8 @@ RESIDUAL_STREAM = ("conv1", "layer*.conv2", "linear")
 # MACs but not onnxruntime's batch-64 time).
 FAST_ALLOCATION = {"layer1.*.conv1": 0.5, "layer2.*.conv1": 0.5, "layer3.*.conv1": 0.75}
 # 4/16/16: stage 1 narrower still. Below its 16-channel block onnxruntime pads stage 1's first conv of
-# each block, but the second reads the narrower input directly: 1.13x faster than 8/16/16 at batch 64.
+# each block, but the second reads the narrower input directly: about 1.1x faster than 8/16/16 at
+# batch 64 (results/latency_allocation.md), for 0.5 pt of accuracy (results/structured_pruning_fast.md).
 FASTER_ALLOCATION = FAST_ALLOCATION | {"layer1.*.conv1": 0.75}
 ALLOCATIONS = {"fast": FAST_ALLOCATION, "faster": FASTER_ALLOCATION}  # fixed widths instead of a MACs target
 
