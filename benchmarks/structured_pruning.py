@@ -413,7 +413,7 @@ def render(result: dict[str, Any]) -> str:
              "speedups (unpruned / pruned) with its 90% bootstrap interval; onnxruntime on CPU. "
              f"Criteria run: {', '.join(s['criteria'])}. "
              "'prune s' includes the bisection to the MACs target; '-all' rows prune the residual stream too; "
-             f"'-fast' rows take the latency-aware widths {s.get('fast_allocation', FAST_ALLOCATION)} "
+             f"'-fast' and '-faster' rows take the latency-aware widths {s.get('allocations', ALLOCATIONS)} "
              "(fraction of block-internal channels dropped per stage) instead of the MACs target. "
              f"Command: `{s['command']}`", "",
              "| criterion | prune s | MACs (M) | MACs x | params (M) | top-1 pruned | top-1 fine-tuned | "
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"benchmark": "structured_pruning", "mode": args.mode, "environment": environment(args),
               "settings": {**mode.__dict__, "target_macs": args.target_macs, "seed": args.seed,
                            "all_layers": args.all_layers, "fast": args.fast, "faster": args.faster,
-                           "fast_allocation": FAST_ALLOCATION, "command": command_line(),
+                           "allocations": ALLOCATIONS, "command": command_line(),
                            "finetuned_from": args.finetuned and str(args.finetuned),
                            "test_images": len(test), "weights": Path(args.weights).name,
                            "taylor_batches": TAYLOR_BATCHES},
