@@ -9,7 +9,8 @@ from the papers, not measured. Writes ``<out>.json`` and ``<out>.md``.
 
 Every criterion prunes inside the residual blocks and keeps the residual stream whole (the shortcut
 channels, ``RESIDUAL_STREAM``); ``--all-layers`` adds rows that prune the stream too, and ``--fast``
-rows with the latency-aware allocation ``FAST_ALLOCATION`` (chosen by ``latency_allocation.py``).
+and ``--faster`` rows with the latency-aware widths ``ALLOCATIONS`` (timed by ``latency_allocation.py``).
+Speedups pair the models by timing round (``cnncompress.analysis.compare_latency``).
 
     python benchmarks/structured_pruning.py                  # CPU quick mode (under an hour on 2 cores)
     python benchmarks/structured_pruning.py --device cuda    # full mode (long fine-tuning, GPU)
