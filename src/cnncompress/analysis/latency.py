@@ -158,9 +158,6 @@ class Speedup:
     high: float
     rounds: int
 
-    def __str__(self) -> str:
-        return f"{self.median:.2f}x ({self.low:.2f}-{self.high:.2f})"
-
 
 def paired_speedup(baseline_ms: Sequence[float], model_ms: Sequence[float], confidence: float = 0.9,
                    resamples: int = 2000, seed: int = 0) -> Speedup:
