@@ -8,8 +8,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from cnncompress import prune_channels
 from cnncompress.export import export_onnx_fp32
-from cnncompress.models import build_model
+from cnncompress.models import PadShortcut, build_model
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +44,25 @@ def test_onnxruntime_matches_torch_at_any_batch(exported: tuple[torch.nn.Module,
     model.train()
     assert got.shape == (5, 10) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_option_a_shortcuts_export_as_convs(exported: tuple[torch.nn.Module, Path]) -> None:
+    """Slice and Pad would keep onnxruntime's blocked-layout kernels out of the residual stream."""
+    model, path = exported
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    shortcuts = sum(isinstance(m, PadShortcut) for m in model.modules())
+    assert shortcuts == 2 and "Pad" not in ops and "Slice" not in ops
+    assert ops.count("Conv") == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) + shortcuts
+
+
+def test_pruned_shortcuts_export_exactly(tmp_path: Path) -> None:
+    """Uneven pad widths, as pruning leaves them, survive the swap; the module itself is untouched."""
+    torch.manual_seed(1)
+    model = prune_channels(build_model("resnet20"), (3, 32, 32), ratio=0.4).eval()
+    assert {(m.pad_before, m.pad_after) for m in model.modules() if isinstance(m, PadShortcut)} - {(8, 8), (16, 16)}
+    path = export_onnx_fp32(model, tmp_path / "pruned.onnx", (3, 32, 32))
+    x = torch.randn(3, 3, 32, 32)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"input": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-5, rtol=1e-4)
+    assert sum(isinstance(m, PadShortcut) for m in model.modules()) == 2

@@ -33,6 +33,21 @@ class PadShortcut(nn.Module):
     def extra_repr(self) -> str:
         return f"pad_before={self.pad_before}, pad_after={self.pad_after}, stride={self.stride}"
 
+    def export_equivalent(self, x: torch.Tensor) -> nn.Conv2d:
+        """The same map on inputs like ``x`` as a strided 1x1 conv with 0/1 weights, for export.
+
+        Exact (each output is one input times 1 plus zeros). Runtimes' blocked-layout CPU kernels
+        cover convs but not Slice and Pad, and fuse a conv into the residual add that follows.
+        """
+        channels = x.shape[1]
+        conv = nn.Conv2d(channels, channels + self.pad_before + self.pad_after, 1, stride=self.stride,
+                         bias=False, device=x.device, dtype=x.dtype)
+        weight = torch.zeros_like(conv.weight)
+        kept = torch.arange(channels, device=x.device)
+        weight[self.pad_before + kept, kept] = 1
+        conv.weight = nn.Parameter(weight, requires_grad=False)
+        return conv
+
 
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
