@@ -31,8 +31,8 @@ import structured_pruning as sp  # noqa: E402  (its stream layers and its chosen
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("layer1", "layer2", "layer3")
-# fraction of block-internal channels dropped per stage (16, 32 and 64 channels unpruned)
-ALLOCATIONS = {
+# the allocations timed: fraction of block-internal channels dropped per stage (16, 32 and 64 unpruned)
+CANDIDATES = {
     "uniform 8/16/32": (0.5, 0.5, 0.5),
     "4/16/32": (0.75, 0.5, 0.5),
     "8/16/16": (0.5, 0.5, 0.75),
@@ -62,15 +62,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     chosen = {name: tuple(widths[f"{stage}.*.conv1"] for stage in STAGES) for name, widths in sp.ALLOCATIONS.items()}
     models = {"unpruned": ModelSpec("resnet56").build().eval()}
-    models.update({name: build(f) for name, f in ALLOCATIONS.items()})
+    models.update({name: build(f) for name, f in CANDIDATES.items()})
     timed = compare_latency(models, sp.SHAPE, "unpruned", (1, 64), "onnxruntime", rounds=args.rounds,
                             repeats=args.repeats, threads=args.threads)
     base_macs = count_macs(models["unpruned"], sp.SHAPE)
     rows = []
     for name, model in models.items():
         speedups = {str(bs): timed.speedup(name, bs) for bs in (1, 64)}
-        rows.append({"allocation": name, "dropped_fractions": list(ALLOCATIONS.get(name, (0.0, 0.0, 0.0))),
-                     "chosen": next((label for label, f in chosen.items() if ALLOCATIONS.get(name) == f), ""),
+        rows.append({"allocation": name, "dropped_fractions": list(CANDIDATES.get(name, (0.0, 0.0, 0.0))),
+                     "chosen": next((label for label, f in chosen.items() if CANDIDATES.get(name) == f), ""),
                      "macs_fraction": count_macs(model, sp.SHAPE) / base_macs,
                      "ort_ms": {str(bs): timed.median_ms(name, bs) for bs in (1, 64)},
                      "ort_ms_rounds": {str(bs): ms for bs, ms in timed.round_ms[name].items()},
