@@ -8,7 +8,7 @@ path wins. Its console chatter (progress prints, torchvision-op registration war
 Modules that offer ``export_equivalent(input)`` are exported as the module it returns: the option-A
 shortcut's Slice and Pad would keep onnxruntime's blocked-layout (NCHWc) kernels out of every later
 residual add, with a layout reorder around each conv (36 reorders and 18 unfused add+ReLU pairs in
-ResNet-56); as a strided 1x1 conv the whole network stays blocked.
+ResNet-56); as a strided 1x1 conv the residual stream stays blocked (one reorder left in ResNet-56).
 """
 
 from __future__ import annotations
