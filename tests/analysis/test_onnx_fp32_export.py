@@ -46,13 +46,15 @@ def test_onnxruntime_matches_torch_at_any_batch(exported: tuple[torch.nn.Module,
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_option_a_shortcuts_export_as_convs(exported: tuple[torch.nn.Module, Path]) -> None:
+def test_option_a_shortcuts_export_as_convs(exported: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
     """Slice and Pad would keep onnxruntime's blocked-layout kernels out of the residual stream."""
     model, path = exported
     ops = [node.op_type for node in onnx.load(str(path)).graph.node]
     shortcuts = sum(isinstance(m, PadShortcut) for m in model.modules())
     assert shortcuts == 2 and "Pad" not in ops and "Slice" not in ops
     assert ops.count("Conv") == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) + shortcuts
+    literal = export_onnx_fp32(model, tmp_path / "literal.onnx", (3, 32, 32), equivalents=False)
+    assert "Pad" in [node.op_type for node in onnx.load(str(literal)).graph.node]
 
 
 def test_pruned_shortcuts_export_exactly(tmp_path: Path) -> None:

@@ -79,14 +79,18 @@ def runtime_form(model: nn.Module, example: torch.Tensor) -> nn.Module:
     return form
 
 
-def export_onnx_fp32(model: nn.Module, path: str | os.PathLike, example_input: ExampleInput) -> Path:
-    """Export ``model`` (in eval mode) to ``path`` atomically after ``onnx.checker`` accepts it."""
+def export_onnx_fp32(model: nn.Module, path: str | os.PathLike, example_input: ExampleInput,
+                     equivalents: bool = True) -> Path:
+    """Export ``model`` (in eval mode) to ``path`` atomically after ``onnx.checker`` accepts it.
+
+    ``equivalents=False`` exports modules as written, without their ``export_equivalent``.
+    """
     path = Path(path)
     example = one_image(example_input, model_device(model))
     batch = torch.export.Dim("batch")
     with eval_mode(model), _quiet():
         program = torch.onnx.export(
-            runtime_form(model, example), (example,), dynamo=True, input_names=[INPUT_NAME],
+            runtime_form(model, example) if equivalents else model, (example,), dynamo=True, input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), opset_version=OPSET, external_data=False,
             verbose=False,
         )
