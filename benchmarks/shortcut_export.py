@@ -12,27 +12,29 @@ so the pruned/unpruned speedup under each form. Writes ``<out>.json`` and ``<out
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
 
-from cnncompress.analysis import LatencyComparison, compare_latency, paired_speedup
+from cnncompress.analysis import compare_latency
 from cnncompress.export import export_onnx_fp32
 from cnncompress.models import ModelSpec, load_model
 from cnncompress.utils import command_line, write_result
 
-SHAPE = (3, 32, 32)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import structured_pruning as sp  # noqa: E402  (its input shape, weights and speedup cells)
+
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT.parent / "shared" / "pretrained" / "resnet56-4bfd9763.th"
 FORMS = {"Slice+Pad": False, "1x1 conv": True}  # export form -> export_onnx_fp32(equivalents=...)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pruned", type=Path, nargs="*", default=[], help="pruned ResNet-56 checkpoints")
-    p.add_argument("--weights", type=Path, default=WEIGHTS, help="the unpruned ResNet-56")
+    p.add_argument("--weights", type=Path, default=sp.WEIGHTS, help="the unpruned ResNet-56")
     p.add_argument("--rounds", type=int, default=12, help="rounds that time every model in turn")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per model, batch size and round")
     p.add_argument("--threads", type=int, help="onnxruntime threads (default: torch's)")
@@ -41,17 +43,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = {"unpruned": load_model(args.weights, ModelSpec("resnet56"))[0]}
     models.update({path.stem: load_model(path)[0] for path in args.pruned})
     with tempfile.TemporaryDirectory() as tmp:
-        files = {f"{name} | {form}": export_onnx_fp32(model, Path(tmp) / f"{name}-{swap}.onnx", SHAPE, swap)
+        files = {f"{name} | {form}": export_onnx_fp32(model, Path(tmp) / f"{name}-{swap}.onnx", sp.SHAPE, swap)
                  for name, model in models.items() for form, swap in FORMS.items()}
-        timed = compare_latency(files, SHAPE, "unpruned | Slice+Pad", (64,), "onnxruntime", rounds=args.rounds,
+        timed = compare_latency(files, sp.SHAPE, "unpruned | Slice+Pad", (64,), "onnxruntime", rounds=args.rounds,
                                 repeats=args.repeats, threads=args.threads)
     rows = []
     for name in models:
         for form in FORMS:
             key = f"{name} | {form}"
-            own_baseline = compare(timed, f"unpruned | {form}", key)
             rows.append({"model": name, "export": form, "ms_b64": timed.median_ms(key, 64),
-                         "vs_unpruned_slice_pad": vars(timed.speedup(key, 64)), "vs_unpruned_same_form": own_baseline})
+                         "vs_unpruned_slice_pad": vars(timed.speedup(key, 64)),
+                         "vs_unpruned_same_form": vars(timed.speedup(key, 64, against=f"unpruned | {form}"))})
     result = {"benchmark": "shortcut_export", "onnxruntime": ort.__version__, "threads": timed.threads,
               "rounds": args.rounds, "repeats": args.repeats, "command": command_line(), "rows": rows,
               "timings": timed.to_dict()}
@@ -60,13 +62,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def compare(timed: LatencyComparison, baseline: str, name: str) -> dict[str, float]:
-    """``name`` against any other file of the same run, paired by round."""
-    return vars(paired_speedup(timed.round_ms[baseline][64], timed.round_ms[name][64]))
-
-
 def cell(s: dict[str, float]) -> str:
-    return f"{s['median']:.2f}x ({s['low']:.2f}-{s['high']:.2f})"
+    return sp.speedup_cell(s["median"], [s["low"], s["high"]])
 
 
 def render(result: dict[str, Any]) -> str:

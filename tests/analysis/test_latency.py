@@ -86,6 +86,9 @@ def test_compare_latency_times_every_model_each_round(backend: str) -> None:
     assert (result.backend, result.threads, result.baseline) == (backend, 1, "base")
     assert all(len(times) == 3 and min(times) > 0 for per in result.round_ms.values() for times in per.values())
     assert result.speedup("base", 2).median == 1.0
+    assert result.speedup("same", 2, against="same").median == 1.0
+    swapped = result.speedup("base", 2, against="same")
+    assert swapped.median == pytest.approx(1 / result.speedup("same", 2).median)
     data = json.loads(json.dumps(result.to_dict()))
     assert data["models"]["same"]["2"]["speedup"]["rounds"] == 3
 

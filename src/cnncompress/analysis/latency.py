@@ -196,9 +196,10 @@ class LatencyComparison:
         """The median over rounds of a model's per-round median."""
         return float(np.median(self.round_ms[name][batch_size]))
 
-    def speedup(self, name: str, batch_size: int, confidence: float = 0.9) -> Speedup:
-        """``name`` against the baseline, paired by round."""
-        return paired_speedup(self.round_ms[self.baseline][batch_size], self.round_ms[name][batch_size], confidence)
+    def speedup(self, name: str, batch_size: int, confidence: float = 0.9, against: str | None = None) -> Speedup:
+        """``name`` against the baseline (or any other model of the run, ``against``), paired by round."""
+        reference = self.round_ms[against or self.baseline][batch_size]
+        return paired_speedup(reference, self.round_ms[name][batch_size], confidence)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable: round timings, medians and speedups (with interval) per model and batch size."""
