@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
 import yaml
@@ -12,8 +13,9 @@ from cnncompress.models import save_checkpoint
 from cnncompress.pipeline import compress_with_recipe
 from cnncompress.plan import Budget
 from cnncompress.quant.deployable import integer_state, read_deployable
-from cnncompress.recipe import RecipeError, load_recipe
-from testsupport import DIGITS8
+from cnncompress.recipe import OPTION_TYPES, STAGE_OPTIONS, RecipeError, load_recipe
+from cnncompress.safe_yaml import MAX_BYTES
+from testsupport import DIGITS8, billion_laughs
 
 SPEC = DIGITS8
 RECIPE = {"stages": [
@@ -44,6 +46,57 @@ def test_recipe_file_is_parsed_safely(tmp_path):
     path.write_text("stages: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    (billion_laughs() + "stages: *l8\n", "more than 10000 values"),
+    ("a: &a " + "x" * 60_000 + "\nstages: [" + ", ".join(["*a"] * 8) + "]\n", "characters of text"),
+    ("stages: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than 32"),
+    ("stages: &s [quantize, *s]\n", "alias 's' refers to the value that contains it"),
+    ("stages: [{finetune: {epochs: " + "9" * 5000 + "}}]\n", "not valid YAML"),
+    ("#" * MAX_BYTES + "\n", f"larger than {MAX_BYTES} bytes"),
+])
+def test_hostile_recipe_files_are_refused_in_bounded_memory(tmp_path, text, message):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RecipeError, match=message) as err:
+            load_recipe(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20  # the expansion is counted while composing, never built
+    assert len(str(err.value)) < 300 and "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("stage, option, value, expected", [
+    ("finetune", "epochs", "abc", "an integer >= 0, got 'abc'"),
+    ("qat", "lr", "fast", "a finite number, got 'fast'"),
+    ("prune", "ratio", float("nan"), "a finite number, got nan"),
+    ("finetune", "distill", "yes", "true or false, got 'yes'"),
+    ("quantize", "layer_bits", {"conv1": 4.5}, "a mapping {layer: integer >= 1}, got {'conv1': 4.5}"),
+    ("prune", "exclude", [["conv1"]], "a list of layer names"),
+    ("quantize", "calib_images", "x" * 10_000, "an integer >= 1, got 'xxxx"),
+])
+def test_wrong_typed_options_name_stage_and_option(stage, option, value, expected):
+    with pytest.raises(RecipeError) as err:
+        load_recipe({"stages": ["quantize", {stage: {option: value}}]})
+    message = str(err.value)
+    assert message.startswith(f"stage 2 ({stage}), option {option!r}: expected ") and expected in message
+    assert len(message) < 200
+
+
+def test_recipe_yaml_anchors_nulls_and_exponents_are_read_like_yaml(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("tune: &tune {epochs: 2, lr: 1e-4, max_batches_per_epoch: null}\n"
+                    "stages: [{finetune: *tune}, quantize, {qat: *tune}]\n")
+    assert load_recipe(path) == [("finetune", {"epochs": 2, "lr": 1e-4}), ("quantize", {}),
+                                 ("qat", {"epochs": 2, "lr": 1e-4})]
+
+
+def test_every_stage_option_has_a_type():
+    assert set().union(*STAGE_OPTIONS.values()) == set(OPTION_TYPES)
 
 
 def test_recipe_runs_deploys_and_verifies(tmp_path, digits_split, digits_cnn8):

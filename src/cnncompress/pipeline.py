@@ -50,6 +50,7 @@ from .recipe import RecipeError, load_recipe, run_recipe
 from .report import FigureRow, RunReport, figure_rows, layer_rows_from_plan, write_report
 from .rundir import RunDirectory, Stage, quantized_stage
 from .train import TrainConfig, evaluate, fit
+from .utils import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,7 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
     when given). Accuracy is checked on ``val_data`` during the run and reported on ``test_data``
     (default ``val_data``) measured with onnxruntime on the exported integer model.
     """
+    check_finite(model, "compress")
     if spec is None:
         raise ValueError("compress needs the model's ModelSpec to checkpoint and rebuild it")
     options = options or CompressOptions()
@@ -250,45 +252,45 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
     device = profile_
     settings = {"budget": budget.to_dict(), "device": device.to_dict() if device else None,
                 "options": asdict(options), "spec": spec.to_dict()}
-    run_dir = RunDirectory(out, spec, settings, resume=resume)
-    shape = train_data.info.input_shape
-    model = model.eval()
-    original = copy.deepcopy(model)
-    baseline_val = evaluate(model, val_data, device=options.device).top1
-    baseline_test = evaluate(model, test_data, device=options.device).top1
-    scratch = device.ram_reserved_bytes if device else 0
-    plan_options = PlanOptions.for_device(device) if device else PlanOptions()
-    if options.weight_bits:
-        plan_options = replace(plan_options, weight_bits=options.weight_bits)
-    plan_options = replace(plan_options, sparsity=bool(options.sparsity_options))
-    cost = CostModel.from_model(model, shape, scratch_bytes=scratch)
-    table = measure_plan_sensitivity(model, cost, val_data, options, plan_options.weight_bits,
-                                     out / "sensitivity.json", progress)
-    target = budget
-    stage_log: list[dict[str, Any]] = []
-    for round_no in range(1, options.max_rounds + 1):
-        the_plan = plan(cost, table, target, replace(plan_options, frontier_points=6))
-        if isinstance(the_plan, Infeasible):
-            raise BudgetInfeasible(the_plan)
-        the_plan.save(out / f"plan-r{round_no}.json")
-        log.info("round %d plan:\n%s", round_no, the_plan.table())
-        stages = _Stages(original, spec, the_plan, train_data, val_data, options, budget, progress)
-        pruned, qmodel, records = _run_round(run_dir, round_no, stages, copy.deepcopy(model), baseline_val)
-        stage_log += records
-        paths, onnx_top1, verification = _deploy_and_verify(
-            qmodel, pruned, spec, shape, out, test_data, budget, baseline_test, the_plan.choice.act_bits, scratch,
-            the_plan.predicted)
-        log.info("round %d: %s", round_no, verification.describe())
-        if verification.fits or not verification.misses or round_no == options.max_rounds:
-            break
-        only_accuracy = all(m.field == "accuracy_drop" for m in verification.misses)
-        if only_accuracy:
-            break  # more rounds of the same plan cannot buy accuracy back; report it plainly
-        target = tighten(target, verification)
-    top1 = evaluate(qmodel, test_data, device=options.device).top1
-    result = CompressionResult(qmodel, the_plan, verification, baseline_test, top1, onnx_top1, paths, stage_log)
-    paths.update(_write_report(result, original, spec, shape, table, device, budget, out, test_data.info.name))
-    return result
+    with RunDirectory(out, spec, settings, resume=resume) as run_dir:
+        shape = train_data.info.input_shape
+        model = model.eval()
+        original = copy.deepcopy(model)
+        baseline_val = evaluate(model, val_data, device=options.device).top1
+        baseline_test = evaluate(model, test_data, device=options.device).top1
+        scratch = device.ram_reserved_bytes if device else 0
+        plan_options = PlanOptions.for_device(device) if device else PlanOptions()
+        if options.weight_bits:
+            plan_options = replace(plan_options, weight_bits=options.weight_bits)
+        plan_options = replace(plan_options, sparsity=bool(options.sparsity_options))
+        cost = CostModel.from_model(model, shape, scratch_bytes=scratch)
+        table = measure_plan_sensitivity(model, cost, val_data, options, plan_options.weight_bits,
+                                         out / "sensitivity.json", progress)
+        target = budget
+        stage_log: list[dict[str, Any]] = []
+        for round_no in range(1, options.max_rounds + 1):
+            the_plan = plan(cost, table, target, replace(plan_options, frontier_points=6))
+            if isinstance(the_plan, Infeasible):
+                raise BudgetInfeasible(the_plan)
+            the_plan.save(out / f"plan-r{round_no}.json")
+            log.info("round %d plan:\n%s", round_no, the_plan.table())
+            stages = _Stages(original, spec, the_plan, train_data, val_data, options, budget, progress)
+            pruned, qmodel, records = _run_round(run_dir, round_no, stages, copy.deepcopy(model), baseline_val)
+            stage_log += records
+            paths, onnx_top1, verification = _deploy_and_verify(
+                qmodel, pruned, spec, shape, out, test_data, budget, baseline_test, the_plan.choice.act_bits, scratch,
+                the_plan.predicted)
+            log.info("round %d: %s", round_no, verification.describe())
+            if verification.fits or not verification.misses or round_no == options.max_rounds:
+                break
+            only_accuracy = all(m.field == "accuracy_drop" for m in verification.misses)
+            if only_accuracy:
+                break  # more rounds of the same plan cannot buy accuracy back; report it plainly
+            target = tighten(target, verification)
+        top1 = evaluate(qmodel, test_data, device=options.device).top1
+        result = CompressionResult(qmodel, the_plan, verification, baseline_test, top1, onnx_top1, paths, stage_log)
+        paths.update(_write_report(result, original, spec, shape, table, device, budget, out, test_data.info.name))
+        return result
 
 
 def _deploy_and_verify(qmodel: nn.Module, float_model: nn.Module, spec: ModelSpec, shape: tuple[int, ...],
@@ -314,6 +316,7 @@ def compress_with_recipe(model: nn.Module, recipe: str | Path | dict[str, Any], 
                          device: str = "cpu", resume: bool = False, progress: bool = True) -> CompressionResult:
     """Run a hand-written recipe (see :mod:`cnncompress.recipe`) instead of the planner, then deploy and
     verify exactly as :func:`compress` does (against ``budget`` when given). The recipe must quantize."""
+    check_finite(model, "compress")
     if spec is None:
         raise ValueError("compress_with_recipe needs the model's ModelSpec to checkpoint and rebuild it")
     stages = load_recipe(recipe)
@@ -323,17 +326,17 @@ def compress_with_recipe(model: nn.Module, recipe: str | Path | dict[str, Any], 
     test_data = test_data or val_data
     out = Path(output_dir)
     settings = {"recipe": [[n, o] for n, o in stages], "budget": budget.to_dict(), "spec": spec.to_dict()}
-    run_dir = RunDirectory(out, spec, settings, resume=resume)
-    baseline_test = evaluate(model.eval(), test_data, device=device).top1
-    float_model, qmodel, records = run_recipe(copy.deepcopy(model), stages, spec, train_data, val_data, run_dir, device,
-                                              progress=progress)
-    act_bits = qmodel.quant_config.act_bits
-    paths, onnx_top1, verification = _deploy_and_verify(qmodel, float_model, spec, train_data.info.input_shape,
-                                                        out, test_data, budget, baseline_test, act_bits, 0)
-    top1 = evaluate(qmodel, test_data, device=device).top1
-    result = CompressionResult(qmodel, None, verification, baseline_test, top1, onnx_top1, paths, records)
-    paths.update(_write_report(result, model, spec, train_data.info.input_shape, None, None, budget, out,
-                               test_data.info.name))
+    shape = train_data.info.input_shape
+    with RunDirectory(out, spec, settings, resume=resume) as run_dir:
+        baseline_test = evaluate(model.eval(), test_data, device=device).top1
+        float_model, qmodel, records = run_recipe(copy.deepcopy(model), stages, spec, train_data, val_data, run_dir,
+                                                  device, progress=progress)
+        act_bits = qmodel.quant_config.act_bits
+        paths, onnx_top1, verification = _deploy_and_verify(qmodel, float_model, spec, shape, out, test_data, budget,
+                                                            baseline_test, act_bits, 0)
+        top1 = evaluate(qmodel, test_data, device=device).top1
+        result = CompressionResult(qmodel, None, verification, baseline_test, top1, onnx_top1, paths, records)
+        paths.update(_write_report(result, model, spec, shape, None, None, budget, out, test_data.info.name))
     return result
 
 

@@ -1,6 +1,6 @@
 """Hand-written stage lists (Distiller-style recipes) instead of the planner.
 
-A recipe is YAML (read with ``yaml.safe_load``)::
+A recipe is YAML (read like ``yaml.safe_load``, within the limits of :mod:`cnncompress.safe_yaml`)::
 
     stages:
       - prune: {target_macs: 0.5, criterion: fpgm}
@@ -10,19 +10,20 @@ A recipe is YAML (read with ``yaml.safe_load``)::
       - quantize: {weight_bits: 4, act_bits: 8, layer_bits: {conv1: 8}}
       - qat: {epochs: 1, lr: 0.0001}
 
-Every stage's options are checked before anything runs; the run uses the same run directory,
-resume, export and verification as the planned path, so a recipe's result is measured the same way.
+Every stage's option names and types are checked before anything runs (an option given as ``null``
+keeps its default); the run uses the same run directory, resume, export and verification as the
+planned path, so a recipe's result is measured the same way.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 
 from .data import ImageSet
@@ -30,7 +31,9 @@ from .models import ModelSpec
 from .prune import enforce_masks, lock_zeros, make_permanent, prune_channels, prune_weights
 from .quant import qat, quantize
 from .rundir import RunDirectory, Stage, quantized_stage
+from .safe_yaml import YamlInputError, load_yaml
 from .train import TrainConfig, evaluate, fit
+from .utils import brief
 
 #: stage name -> options it accepts
 STAGE_OPTIONS: dict[str, frozenset[str]] = {
@@ -46,13 +49,96 @@ STAGE_OPTIONS: dict[str, frozenset[str]] = {
 _FLOAT_ONLY = {"prune", "sparsify", "finetune"}
 
 
+def _whole(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError
+        return value
+    return check
+
+
+def _number(value: Any) -> float:
+    """A finite number; text too, since YAML 1.1 reads ``1e-4`` (no dot) as text."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError
+    return number
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    return value
+
+
+def _names(value: Any) -> list[str]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError
+    return names
+
+
+def _per_layer(check: Callable[[Any], Any]) -> Callable[[Any], dict[str, Any]]:
+    def per_layer(value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError
+        return {layer: check(v) for layer, v in value.items()}
+    return per_layer
+
+
+_numbers_per_layer = _per_layer(_number)
+
+
+def _number_or_per_layer(value: Any) -> float | dict[str, float]:
+    return _numbers_per_layer(value) if isinstance(value, dict) else _number(value)
+
+
+_COUNT = ("an integer >= 1", _whole(1))
+_NUMBER = ("a finite number", _number)
+_FLAG = ("true or false", _flag)
+_TEXT = ("text", _text)
+#: option -> (what it must be, check returning the value to use); one meaning per name in every stage
+OPTION_TYPES: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "ratio": _NUMBER, "target_macs": _NUMBER, "target_params": _NUMBER, "max_ratio": _NUMBER, "lr": _NUMBER,
+    "criterion": _TEXT, "scope": _TEXT, "calibration": _TEXT, "weight_calibration": _TEXT,
+    "global_ranking": _FLAG, "distill": _FLAG, "per_channel": _FLAG, "cle": _FLAG, "bias_correction": _FLAG,
+    "adaround": _FLAG, "learnable_scales": _FLAG,
+    "round_to": _COUNT, "min_channels": _COUNT, "batch_size": _COUNT, "max_batches_per_epoch": _COUNT,
+    "weight_bits": _COUNT, "act_bits": _COUNT, "adaround_iters": _COUNT, "calib_images": _COUNT,
+    "epochs": ("an integer >= 0", _whole(0)),
+    "exclude": ("a list of layer names", _names),
+    "per_layer": ("a mapping {layer: number}", _numbers_per_layer),
+    "layer_bits": ("a mapping {layer: integer >= 1}", _per_layer(_whole(1))),
+    "sparsity": ("a number or a mapping {layer: number}", _number_or_per_layer),
+}
+
+
 class RecipeError(ValueError):
     """A recipe that cannot run: the message names the stage and the offending option."""
 
 
 def load_recipe(source: str | os.PathLike | dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Parse and validate a recipe file (or mapping) into ``[(stage, options), ...]``."""
-    data = source if isinstance(source, dict) else _read_yaml(Path(source))
+    """Parse and validate a recipe file (or mapping) into ``[(stage, options), ...]``.
+
+    Errors about a file start with ``recipe PATH:``.
+    """
+    if isinstance(source, dict):
+        return _validate(source)
+    try:
+        return _validate(_read_yaml(Path(source)))
+    except RecipeError as exc:
+        raise RecipeError(f"recipe {source}: {exc}") from None
+
+
+def _validate(data: Any) -> list[tuple[str, dict[str, Any]]]:
     stages = data.get("stages") if isinstance(data, dict) else None
     if not isinstance(stages, list) or not stages:
         raise RecipeError("a recipe needs a non-empty 'stages' list")
@@ -71,29 +157,38 @@ def load_recipe(source: str | os.PathLike | dict[str, Any]) -> list[tuple[str, d
 
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_yaml(path)
     except OSError as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
+        raise RecipeError(f"cannot read it: {exc.strerror or exc}") from None
+    except YamlInputError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def _parse_stage(index: int, entry: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(entry, str):
         entry = {entry: {}}
     if not isinstance(entry, dict) or len(entry) != 1:
-        raise RecipeError(f"stage {index} must be one 'name: {{options}}' mapping, got {entry!r}")
+        raise RecipeError(f"stage {index} must be one 'name: {{options}}' mapping, got {brief(entry)}")
     (name, options), = entry.items()
     if name not in STAGE_OPTIONS:
-        raise RecipeError(f"stage {index}: unknown stage {name!r}; stages: {', '.join(STAGE_OPTIONS)}")
+        raise RecipeError(f"stage {index}: unknown stage {brief(name)}; stages: {', '.join(STAGE_OPTIONS)}")
     options = options or {}
     if not isinstance(options, dict):
-        raise RecipeError(f"stage {index} ({name}): options must be a mapping, got {options!r}")
-    unknown = sorted(set(options) - STAGE_OPTIONS[name])
+        raise RecipeError(f"stage {index} ({name}): options must be a mapping, got {brief(options)}")
+    unknown = [key for key in options if key not in STAGE_OPTIONS[name]]
     if unknown:
-        raise RecipeError(f"stage {index} ({name}): unknown options {unknown}; "
+        raise RecipeError(f"stage {index} ({name}): unknown options {brief(unknown)}; "
                           f"allowed: {', '.join(sorted(STAGE_OPTIONS[name]))}")
-    return name, dict(options)
+    return name, {key: _option(index, name, key, value) for key, value in options.items() if value is not None}
+
+
+def _option(index: int, stage: str, key: str, value: Any) -> Any:
+    expected, check = OPTION_TYPES[key]
+    try:
+        return check(value)
+    except (ValueError, TypeError, OverflowError):
+        raise RecipeError(f"stage {index} ({stage}), option {key!r}: expected {expected}, "
+                          f"got {brief(value)}") from None
 
 
 class RecipeRunner:

@@ -8,23 +8,30 @@ bring their own ``save``/``load`` pair.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from torch import nn
 
 from .models import ModelSpec, load_model, save_checkpoint
 from .quant import load_quantized, save_quantized
-from .utils import atomic_write_text
+from .utils import atomic_write_text, shorten
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+
+class RunDirectoryBusy(RuntimeError):
+    """Another process is running stages in the same run directory."""
 
 
 @dataclass
@@ -56,7 +63,36 @@ class Stage:
 def quantized_stage(name: str, run: Callable[[nn.Module], tuple[nn.Module, dict[str, Any]]],
                     spec: ModelSpec) -> Stage:
     """A stage whose output is a quantized model, persisted as a quantized checkpoint."""
-    return Stage(name, run, save=lambda m, p: save_quantized(p, m, spec), load=lambda p: load_quantized(p)[0])
+    return Stage(name, run, save=lambda m, p: save_quantized(p, m, spec), load=lambda p: load_quantized(p, spec)[0])
+
+
+#: a manifest holds a few stage records: anything larger is not one of ours
+MAX_MANIFEST_BYTES = 4 * 2**20
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest's JSON object; a damaged or foreign one is a ValueError naming the file."""
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{path} is not a cnncompress run manifest (over {MAX_MANIFEST_BYTES:,} bytes)")
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{path} is not a readable run manifest ({shorten(exc)})") from exc
+    if not isinstance(stored, dict) or not isinstance(stored.get("stages", []), list):
+        raise ValueError(f"{path} is not a cnncompress run manifest")
+    return stored
+
+
+def _stage_record(entry: Any, manifest: Path) -> StageRecord:
+    """One finished stage as recorded; its artifact must be a plain file name inside the run directory."""
+    fields = {"name": str, "seconds": int | float, "summary": dict, "artifact": str | None, "resumed": bool}
+    if not isinstance(entry, dict) or set(entry) - set(fields) or "name" not in entry or "seconds" not in entry \
+            or not all(isinstance(entry[key], fields[key]) for key in entry):
+        raise ValueError(f"{manifest} holds a malformed stage record: {shorten(entry)}")
+    artifact = entry.get("artifact")
+    if artifact is not None and (Path(artifact).name != artifact or artifact in ("", ".", "..")):
+        raise ValueError(f"{manifest} names an artifact outside its run directory: {shorten(artifact)}")
+    return StageRecord(**entry)
 
 
 class RunDirectory:
@@ -66,20 +102,38 @@ class RunDirectory:
         self.path = Path(path)
         self.spec = spec
         self.path.mkdir(parents=True, exist_ok=True)
-        config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
+        self.config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
+        self._lock = _hold_lock(self.path)
+        try:
+            self.records = self._earlier_records(resume)
+            self._write_manifest()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory to other processes (``with RunDirectory(...)`` does it on exit)."""
+        self._lock.close()
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _earlier_records(self, resume: bool) -> list[StageRecord]:
+        """The finished stages of the run already here, if any; refuses one without ``resume`` or changed."""
         manifest = self.path / MANIFEST
-        self.records: list[StageRecord] = []
-        if manifest.is_file():
-            stored = json.loads(manifest.read_text())
-            if not resume:
-                raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it "
-                                      "or choose another --output")
-            if stored.get("config") != config:
-                raise ValueError(f"cannot resume {self.path}: it was started with different settings "
-                                 f"(stored {stored.get('config')}, now {config})")
-            self.records = [StageRecord(**r) for r in stored["stages"]]
-        self.config = config
-        self._write_manifest()
+        if not manifest.is_file():
+            return []
+        if not resume:
+            raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it "
+                                  "or choose another --output")
+        stored = _read_manifest(manifest)
+        if stored.get("config") != self.config:
+            raise ValueError(f"cannot resume {self.path}: it was started with different settings "
+                             f"(stored {stored.get('config')}, now {self.config})")
+        return [_stage_record(entry, manifest) for entry in stored.get("stages", [])]
 
     def _write_manifest(self) -> None:
         payload = {"version": 1, "spec": self.spec.to_dict(), "config": self.config,
@@ -95,7 +149,7 @@ class RunDirectory:
         if finished is not None and finished.artifact:
             artifact = self.path / finished.artifact
             log.info("stage %s: resumed from %s", stage.name, artifact)
-            loaded = stage.load(artifact) if stage.load else load_model(artifact)[0]
+            loaded = stage.load(artifact) if stage.load else load_model(artifact, self.spec)[0]
             return loaded, StageRecord(**{**asdict(finished), "resumed": True})
         began = time.perf_counter()
         model, summary = stage.run(model)
@@ -109,3 +163,24 @@ class RunDirectory:
         self._write_manifest()
         log.info("stage %s: done in %.1f s", stage.name, record.seconds)
         return model, record
+
+
+def _hold_lock(folder: Path) -> IO[str]:
+    """Lock ``folder`` for this process, or raise :class:`RunDirectoryBusy` naming the holder's pid.
+
+    Two runs in one folder would run every stage at once and overwrite each other's checkpoints.
+    ``flock`` dies with its file: closing it (or the process ending, however) frees the folder.
+    """
+    handle = open(folder / LOCK, "a+")  # noqa: SIM115 -- held open while the run lasts
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read(20).strip() or "unknown"
+        handle.close()
+        raise RunDirectoryBusy(f"run directory {folder} is in use by another cnncompress process "
+                               f"(pid {holder})") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle

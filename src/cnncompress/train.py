@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import ImageSet
-from .utils import NO_WEIGHT_DECAY, seed_everything, torch_save_atomic
+from .utils import NO_WEIGHT_DECAY, check_finite, seed_everything, torch_save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -237,20 +237,30 @@ def _save_state(path, model, optimizer, record: TrainRecord, epoch: int) -> None
 
 
 def _restore(path, model, optimizer, record: TrainRecord) -> int:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("config") != record.config:
+    """Load an epoch checkpoint written by :func:`_save_state`; a foreign or damaged one is a ValueError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad files
+        raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({str(exc)[:120]})") from exc
+    if not isinstance(state, dict) or state.get("config") != record.config:
         raise ValueError(f"cannot resume from {path}: it was written with a different training config")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    record.history = list(state["history"])
-    record.resumed_from_epoch = int(state["epoch"])
-    return int(state["epoch"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, epoch = list(state["history"]), int(state["epoch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"cannot resume from {path}: damaged epoch checkpoint ({str(exc)[:120]})") from exc
+    if not 0 <= epoch <= record.config["epochs"]:
+        raise ValueError(f"cannot resume from {path}: epoch {epoch} out of range")
+    record.history, record.resumed_from_epoch = history, epoch
+    return epoch
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256, device: str = "cpu",
              progress: bool = False) -> EvalResult:
     """Top-1/top-5 accuracy (percent), mean loss and confusion counts of ``model`` on ``data``."""
+    check_finite(model, "evaluate")
     was_training = model.training
     model.eval().to(device)
     classes = data.info.num_classes

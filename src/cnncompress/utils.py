@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import reprlib
 import shlex
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 # A parameter attribute that the training loop honours: weight decay would shrink such a parameter
 # toward zero (learned quantizer step sizes), so it trains in a group without decay.
@@ -84,6 +86,21 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def check_finite(model: nn.Module, action: str) -> None:
+    """Refuse a model holding NaN/inf in a parameter or buffer, naming the tensor.
+
+    Such a model otherwise passes silently through evaluation, pruning and export, and the damage
+    surfaces far away (a sensitivity table blamed for NaN, an exported file that predicts nothing).
+    """
+    tensors = [("weight", *item) for item in model.named_parameters()]
+    tensors += [("buffer", *item) for item in model.named_buffers()]
+    for kind, name, tensor in tensors:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"model {kind} {name!r} holds {bad} non-finite values (NaN/inf); "
+                             f"refusing to {action} it")
+
+
 def per_layer(names: Iterable[str], value: Any, what: str, cast: Callable[[Any], Any],
               valid: Callable[[Any], bool], expected: str) -> dict[str, Any]:
     """``value`` for every layer in ``names``, or a ``{layer: value}`` mapping over known layers, validated.
@@ -103,3 +120,31 @@ def per_layer(names: Iterable[str], value: Any, what: str, cast: Callable[[Any],
         if not valid(v):
             raise ValueError(f"{what} of {name} must be {expected}, got {v}")
     return chosen
+
+
+def _brief_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxset = 2, 4, 4, 4, 4
+    short.maxstring, short.maxlong, short.maxother = 60, 40, 60
+    return short
+
+
+_BRIEF = _brief_repr()
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, never building the whole repr of a huge value.
+
+    For user values in error messages: a message must stay one readable line whatever the input.
+    """
+    text = _BRIEF.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``value`` as text on one line, its middle cut out past ``limit`` characters (head and tail both
+    inform): an error message never echoes a huge value from a user or a file."""
+    text = " ".join(str(value).split())
+    if len(text) > limit:
+        text = f"{text[:(limit - 5) // 2]} ... {text[-((limit - 5) // 2):]}"
+    return text

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +147,7 @@ def test_explicit_dir_and_env_override_defaults(tmp_path, monkeypatch, private_c
 
 
 def test_verification_is_stamped_and_redone_when_the_file_changes(tmp_path, monkeypatch, private_cache):
+    """Even after a same-size edit whose mtime was put back: the stamp also holds ctime and inode."""
     path = tmp_path / "f.bin"
     path.write_bytes(b"abc")
     good = hashlib.md5(b"abc").hexdigest()
@@ -153,7 +156,11 @@ def test_verification_is_stamped_and_redone_when_the_file_changes(tmp_path, monk
     locate.verify_md5(path, good)
     monkeypatch.undo()
     monkeypatch.setenv(locate.CACHE_ENV, str(tmp_path / "cache"))
+    before = path.stat()
+    time.sleep(0.05)  # the edit lands in a later tick of the file system's clock than the check
     path.write_bytes(b"abd")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     with pytest.raises(DataCorruptError, match="f.bin"):
         locate.verify_md5(path, good)
 
@@ -163,17 +170,27 @@ def _bin_member(labels: list[int]) -> bytes:
     return np.concatenate([np.array(labels, np.uint8)[:, None], pixels], axis=1).tobytes()
 
 
+def _tar_gz(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
 def test_cifar_archive_is_decoded_once_then_served_from_cache(tmp_path, monkeypatch, private_cache):
     """A small synthetic binary-version archive, with the checksum tables pointed at it."""
     members = {name: _bin_member([i] * (i + 2)) for i, name in
                enumerate([*catalog.CIFAR_BIN_MEMBERS["train"], *catalog.CIFAR_BIN_MEMBERS["test"]])}
-    archive = tmp_path / "cifar-10" / "cifar-10-binary.tar.gz"
-    archive.parent.mkdir()
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(f"{catalog.CIFAR_BIN_DIR}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    archive = _tar_gz(tmp_path / "cifar-10" / "cifar-10-binary.tar.gz",
+                      [(_member(f"{catalog.CIFAR_BIN_DIR}/{name}"), data) for name, data in members.items()])
     for split in catalog.CIFAR_BIN_MEMBERS.values():
         for name in split:
             monkeypatch.setitem(split, name, hashlib.md5(members[name]).hexdigest())
@@ -186,6 +203,48 @@ def test_cifar_archive_is_decoded_once_then_served_from_cache(tmp_path, monkeypa
     assert test_labels.tolist() == [5] * 7
     np.testing.assert_array_equal(test_images.reshape(7, -1), np.frombuffer(
         members["test_batch.bin"], np.uint8).reshape(7, -1)[:, 1:])
+
+
+BATCH = f"{catalog.CIFAR_BIN_DIR}/data_batch_1.bin"
+
+
+@pytest.mark.parametrize(("hostile", "problem"), [
+    (_member(f"../../{BATCH}"), "has a path leaving the archive"),
+    (_member(f"{catalog.CIFAR_BIN_DIR}/../{BATCH}"), "has a path leaving the archive"),
+    (_member(f"/tmp/{BATCH}"), "has a path leaving the archive"),
+    (_member(BATCH, tarfile.SYMTYPE, "/etc/passwd"), "is a link or special file"),
+    (_member(BATCH, tarfile.LNKTYPE, "/etc/passwd"), "is a link or special file"),
+    (_member(BATCH, tarfile.FIFOTYPE), "is a link or special file"),
+])
+def test_cifar_archive_with_a_hostile_member_is_refused_before_its_data_is_read(tmp_path, hostile, problem):
+    """The hostile member comes first and claims 100 MB that the archive does not hold: reading its
+    data (or anything after it) would end in another error, so the refusal is the header check's."""
+    hostile.size = 100_000_000
+    archive = tmp_path / "evil.tar.gz"
+    archive.write_bytes(gzip.compress(hostile.tobuf(tarfile.GNU_FORMAT)))
+    with pytest.raises(DataCorruptError) as err:
+        cifar.decode_archive(archive, "bin")
+    assert f"{problem}; archive refused unread" in str(err.value) and str(archive) in str(err.value)
+
+
+def test_cifar_archive_size_claims_and_decompressed_bytes_are_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar, "MAX_ARCHIVE_BYTES", 4096)
+    claim = tarfile.TarInfo(BATCH)
+    claim.size = 5000
+    archive = tmp_path / "claim.tar.gz"
+    archive.write_bytes(gzip.compress(claim.tobuf(tarfile.GNU_FORMAT)))  # the data is never read
+    with pytest.raises(DataCorruptError, match="claims 5000 bytes, more than a CIFAR-10 archive holds"):
+        cifar.decode_archive(archive, "bin")
+    bomb = _tar_gz(tmp_path / "bomb.tar.gz", [(_member("x" * 8000), b"")])  # tarfile reads a long name itself
+    with pytest.raises(DataCorruptError, match="more than 4096 bytes decompressed"):
+        cifar.decode_archive(bomb, "bin")
+
+
+def test_cifar_archive_that_is_not_a_tar_is_refused_in_one_line(tmp_path):
+    archive = tmp_path / "junk.tar.gz"
+    archive.write_bytes(gzip.compress(b"not a tar archive" * 100)[:-20])
+    with pytest.raises(DataCorruptError, match="not a readable tar archive"):
+        cifar.decode_archive(archive, "bin")
 
 
 def test_cifar_python_batches_directory(tmp_path, monkeypatch, private_cache):

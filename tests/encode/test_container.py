@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 
@@ -23,6 +22,7 @@ from cnncompress.encode import (
 )
 from cnncompress.models import ModelSpec
 from cnncompress.prune.unstructured import prune_weights
+from testsupport import reseal_cnnc, rewrite_cnnc_header
 
 
 @pytest.fixture(scope="module")
@@ -137,20 +137,12 @@ def test_truncated_or_corrupted_files_raise_clear_errors(encoded, data):
         decode_state(bytes(corrupted))
 
 
-def _reseal(body: bytes) -> bytes:
-    """Fix length and CRC so only the structural checks can catch the damage."""
-    body = body[:5] + struct.pack("<I", len(body) + 4) + body[9:]
-    return body + struct.pack("<I", zlib.crc32(body))
-
-
 def _forge_shape(encoded: bytes, name: str) -> bytes:
     """Double the first dimension of tensor ``name`` in the header, keeping the file self-consistent."""
-    header_len = struct.unpack_from("<I", encoded, 9)[0]
-    header = json.loads(zlib.decompress(encoded[13:13 + header_len]))
-    entry = next(e for e in header["tensors"] if e["name"] == name)
-    entry["shape"][0] *= 2
-    new_header = zlib.compress(json.dumps(header).encode())
-    return _reseal(encoded[:9] + struct.pack("<I", len(new_header)) + new_header + encoded[13 + header_len:-4])
+    def edit(header: dict) -> None:
+        next(e for e in header["tensors"] if e["name"] == name)["shape"][0] *= 2
+
+    return rewrite_cnnc_header(encoded, edit)
 
 
 @pytest.mark.parametrize(("name", "message"), [("fc.bias", "runs past the end"),
@@ -160,4 +152,4 @@ def test_consistent_checksum_but_wrong_content_is_rejected(encoded, name, messag
     with pytest.raises(CnncFormatError, match=message):
         decode_state(_forge_shape(encoded, name))
     with pytest.raises(CnncFormatError, match="unexplained bytes"):
-        decode_state(_reseal(encoded[:-4] + b"\x00\x00"))
+        decode_state(reseal_cnnc(encoded[:-4] + b"\x00\x00"))

@@ -128,5 +128,5 @@ def test_pruned_grouped_conv_reloads_from_its_spec(tmp_path, digits_x):
     model = calibrate_bn(spec.build(), digits_x)
     pruned = prune_channels(model, digits_x, ratio=0.5).eval()
     assert pruned.grouped[0].in_channels == 4 and pruned.grouped[0].groups == 2
-    loaded, _, _ = load_model(save_checkpoint(tmp_path / "g.pt", pruned, spec))
+    loaded, _, _ = load_model(save_checkpoint(tmp_path / "g.pt", pruned, spec), spec)  # a user factory: named
     torch.testing.assert_close(loaded(digits_x), pruned(digits_x), rtol=0, atol=0)

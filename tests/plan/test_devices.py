@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from cnncompress.plan import PlanOptions, list_devices, load_device
+from cnncompress.safe_yaml import MAX_BYTES
+from testsupport import billion_laughs
 
 
 def test_bundled_profiles_load_with_documented_limits():
@@ -58,6 +62,32 @@ def test_invalid_profiles_name_file_and_field(tmp_path, text, needle):
     with pytest.raises(ValueError) as err:
         load_device(path)
     assert str(path) in str(err.value) and needle in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    (billion_laughs() + "name: b\nweight_bits: *l8\nactivation_bits: [8]\n", "more than 10000 values"),
+    ("name: b\nnotes: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than 32"),
+    ("name: b\n" + "#" * MAX_BYTES + "\n", f"larger than {MAX_BYTES} bytes"),
+    ("name: b\nflash: " + "9" * 50_000 + "furlongs\nweight_bits: [8]\nactivation_bits: [8]\n",
+     "flash: unknown unit 'furlongs'"),
+    ("name: b\nweight_bits: [" + ", ".join(["x" * 1000] * 50) + "]\nactivation_bits: [8]\n",
+     "weight_bits: expected a non-empty list"),
+    ("".join(f"{'x' * 900}{i}: 1\n" for i in range(50)) + "name: b\nweight_bits: [8]\nactivation_bits: [8]\n",
+     "unknown field(s) ['xxxx"),
+])
+def test_hostile_profiles_are_refused_in_bounded_memory_with_one_short_line(tmp_path, text, needle):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as err:
+            load_device(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(err.value)
+    assert peak < 8 * 2**20 and needle in message and str(path) in message
+    assert len(message) < 400 + len(str(path)) and "\n" not in message
 
 
 def test_unknown_device_and_missing_file(tmp_path):

@@ -15,6 +15,7 @@ from .common import (
     CLIError,
     add_data_args,
     add_model_args,
+    check_output_file,
     dataset_name,
     emit,
     format_table,
@@ -87,6 +88,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    check_output_file(args.output)
     model, spec = resolve_model(args)
     name = dataset_name(args, spec)
     train, test = load_split(args, name, "train"), load_split(args, name, "test")

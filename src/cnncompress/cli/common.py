@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from torch import nn
 
 from ..data import DATASETS, ImageSet, load_dataset
 from ..models import ModelSpec, default_dataset, default_input_shape, load_model
+from ..utils import shorten
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # bad input, missing file, wrong checkpoint: a one-line reason on stderr
@@ -75,6 +77,37 @@ def dataset_name(args: argparse.Namespace, spec: ModelSpec) -> str:
 def load_split(args: argparse.Namespace, name: str, split: str) -> ImageSet:
     return load_dataset(name, split, data_dir=getattr(args, "data_dir", None),
                         download=getattr(args, "download", False))
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path:
+    """Refuse an output file that could not be written, before any work goes into producing it."""
+    target = Path(path)
+    if target.is_dir():
+        raise CLIError(f"{option} {_quoted(target)} is a directory; give a file path")
+    _check_writable_folder(target.parent, target, option)
+    return target
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--output") -> Path:
+    """Refuse an output directory that could not be created or written, before any work goes into it."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise CLIError(f"{option} {_quoted(target)} exists and is not a directory")
+    _check_writable_folder(target, target, option)
+    return target
+
+
+def _check_writable_folder(folder: Path, target: Path, option: str) -> None:
+    """``folder`` must be a writable directory, or be missing below one (writing creates it)."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise CLIError(f"cannot write {option} {_quoted(target)}: {_quoted(existing)} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot write {option} {_quoted(target)}: no write permission in {_quoted(existing)}")
+
+
+def _quoted(path: Path) -> str:
+    return repr(shorten(path))
 
 
 def input_shape(args: argparse.Namespace, spec: ModelSpec) -> tuple[int, int, int]:

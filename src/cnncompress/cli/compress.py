@@ -14,11 +14,13 @@ from ..plan.cli_args import add_budget_args, budget_from_args
 from ..plan.units import format_bytes, format_count
 from ..recipe import load_recipe
 from ..train import TrainConfig, fit
+from ..utils import seed_everything
 from .common import (
     EXIT_INFEASIBLE,
     CLIError,
     add_data_args,
     add_model_args,
+    check_output_dir,
     dataset_name,
     emit,
     format_table,
@@ -51,6 +53,8 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     p.add_argument("--flash", default=None, help="flash limit (default: a tenth of the trained model's fp32 size)")
     p.add_argument("--ram", default=None, help="RAM limit (default: a quarter of its fp32 activation peak)")
     p.add_argument("--max-accuracy-drop", default="1.0")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffles and subsets "
+                                                       "(default 0): a command repeats its result on one machine")
     p.add_argument("--resume", action="store_true")
     add_common(p)
     p.set_defaults(handler=run_demo)
@@ -81,6 +85,7 @@ def split_train_val(train: ImageSet) -> tuple[ImageSet, ImageSet]:
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    check_output_dir(args.output)
     model, spec = resolve_model(args)
     given = any(getattr(args, f) for f in ("device", "flash", "ram", "macs", "latency"))
     device, budget = budget_from_args(args) if given or not args.config else (None, None)
@@ -149,7 +154,7 @@ def _render(out: dict[str, Any]) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     """Train the digits CNN (or LeNet-5 on MNIST) and compress it to a tenth of its size."""
     spec = ModelSpec("digits_cnn") if args.dataset == "digits" else ModelSpec("lenet5")
-    out = Path(args.output)
+    out = check_output_dir(args.output)
     train_all = load_split(args, args.dataset, "train")
     train, val = split_train_val(train_all)
     test = load_split(args, args.dataset, "test")
@@ -162,10 +167,11 @@ def run_demo(args: argparse.Namespace) -> int:
     device, budget = budget_from_args(budget_args)
     epochs = 10 if args.dataset == "digits" else 2
     options = CompressOptions(finetune_epochs=epochs, qat_epochs=epochs, batch_size=64, lr=0.02,
-                              sensitivity_images=len(val))
+                              sensitivity_images=len(val), seed=args.seed)
     result = _compress(model, spec, budget, device, train, val, test, argparse.Namespace(
         output=str(out / "compress"), resume=args.resume, quiet=args.quiet, json=args.json), options)
     summary = _summary(result)
+    summary["seed"] = args.seed
     summary["before"] = {"flash_bytes": before.weight_bytes, "ram_bytes": before.peak_activation_bytes,
                          "macs": before.macs, "params": before.params}
     emit(args, summary, _render_demo)
@@ -175,11 +181,12 @@ def run_demo(args: argparse.Namespace) -> int:
 def _trained_baseline(spec: ModelSpec, train: ImageSet, path: Path, args: argparse.Namespace):
     """Train the demo's starting model once; a rerun reuses the checkpoint."""
     if path.is_file():
-        return load_model(path)[0]
+        return load_model(path, spec)[0]
+    seed_everything(args.seed)  # the initial weights too, so the same command repeats its baseline
     model = spec.build()
     epochs = 30 if train.info.name == "digits" else 3
-    fit(model, train, TrainConfig(epochs=epochs, batch_size=64, lr=0.05), progress=show_progress(args))
-    save_checkpoint(path, model, spec, dataset=train.info.name)
+    fit(model, train, TrainConfig(epochs=epochs, batch_size=64, lr=0.05, seed=args.seed), progress=show_progress(args))
+    save_checkpoint(path, model, spec, dataset=train.info.name, seed=args.seed)
     return model.eval()
 
 
@@ -191,5 +198,6 @@ def _render_demo(out: dict[str, Any]) -> str:
     rows.append(["top-1 %", f"{out['baseline_top1']:.2f}", "-", f"{out['onnx_top1']:.2f}", "-"])
     header = ["figure", "before (fp32)", "limit", "after (measured)", "fits"]
     verdict = "FITS the budget" if out["fits"] else "does NOT fit the budget"
-    return (format_table(rows, header) + f"\n\n{verdict}; report: {out['paths'].get('report_html', '-')}")
+    return (format_table(rows, header)
+            + f"\n\n{verdict} (seed {out['seed']}); report: {out['paths'].get('report_html', '-')}")
 

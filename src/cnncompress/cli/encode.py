@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from ..encode import DeepCompressionConfig, deep_compress, read_cnnc, write_cnnc
-from ..models import default_dataset, save_checkpoint
+from ..models import ModelSpec, default_dataset, save_checkpoint
 from ..prune.unstructured import prunable_layers
 from ..train import TrainConfig, evaluate
 from .common import (
     CLIError,
     add_data_args,
     add_model_args,
+    check_output_file,
     dataset_name,
     emit,
     format_table,
@@ -54,6 +55,9 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
 
     p = sub.add_parser("decode", help="rebuild a model from a .cnnc file; optionally evaluate or save it")
     p.add_argument("file", help=".cnnc file")
+    p.add_argument("--model", help="factory of your own architecture ('file.py:factory' or 'pkg.module:factory') "
+                                   "when the file names one outside the zoo: a name read from a file is never "
+                                   "imported")
     add_data_args(p)
     p.add_argument("--evaluate", action="store_true", help="top-1 on the dataset's test split")
     p.add_argument("--output", help="also save the decoded model as a cnncompress checkpoint (.pt)")
@@ -86,6 +90,7 @@ def parse_layer_values(text: str, cast: Callable[[str], Any], layers: list[str])
 
 
 def run_encode(args: argparse.Namespace) -> int:
+    check_output_file(args.output)
     model, spec = resolve_model(args)
     exclude = tuple(e for e in args.exclude.split(",") if e)
     layers = list(prunable_layers(model, exclude))
@@ -126,8 +131,10 @@ def _render_encode(out: dict[str, Any]) -> str:
 
 
 def run_decode(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output_file(args.output)
     path = Path(args.file)
-    model, spec, header = read_cnnc(path)
+    model, spec, header = read_cnnc(path, ModelSpec(args.model) if args.model else None)
     size = path.stat().st_size
     params = int(header["params"])
     out: dict[str, Any] = {"file": str(path), "model": spec.factory, "file_bytes": size, "params": params,

@@ -19,6 +19,7 @@ from .common import (
     CLIError,
     add_data_args,
     add_model_args,
+    check_output_file,
     dataset_name,
     emit,
     format_table,
@@ -87,6 +88,8 @@ def _pruner(args: argparse.Namespace) -> StructuredPruner:
 
 
 def run_prune(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output_file(args.output)
     model, spec = resolve_model(args)
     name = dataset_name(args, spec)
     test = load_split(args, name, "test")

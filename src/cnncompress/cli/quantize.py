@@ -17,6 +17,7 @@ from .common import (
     CLIError,
     add_data_args,
     add_model_args,
+    check_output_dir,
     dataset_name,
     emit,
     format_table,
@@ -86,6 +87,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
+    check_output_dir(args.output)
     model, spec = resolve_model(args)
     name = dataset_name(args, spec)
     train, test = load_split(args, name, "train"), load_split(args, name, "test")

@@ -54,15 +54,18 @@ def _stamp_path(path: Path) -> Path:
 
 
 def _fingerprint(path: Path) -> dict[str, object]:
+    """What a stamp trusts. ``touch``/``os.utime`` can put mtime back after an edit, but the edit
+    still moves ctime (which no user can set) or, for a replacement file, the inode."""
     st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
 
 
 def verify_md5(path: Path, expected: str) -> None:
     """Raise DataCorruptError unless ``path`` has MD5 ``expected``.
 
-    A successful check is stamped in the cache under (path, size, mtime), so hashing a 140 MB
-    archive happens once per file version, not on every load.
+    A successful check is stamped in the cache under (path, size, mtime, ctime, inode), so hashing a
+    140 MB archive happens once per file version, not on every load.
     """
     stamp = _stamp_path(path)
     fingerprint = _fingerprint(path)

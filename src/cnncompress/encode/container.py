@@ -12,7 +12,9 @@ stored raw in the narrowest dtype that holds it exactly. Decoding is bit-exact.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import struct
 import zlib
 from dataclasses import asdict, dataclass
@@ -23,11 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import ModelSpec, default_input_shape
+from ..models import ModelSpec, ModelSpecError, UntrustedFactoryError, default_input_shape, rebuild
 from ..models.checkpoint import CheckpointError, adopt_shapes, load_weights
-from ..utils import atomic_write_bytes
+from ..utils import atomic_write_bytes, brief, shorten
 from . import huffman
-from .huffman import HuffmanError
 from .sparse import from_gaps, to_gaps
 
 MAGIC = b"CNNC"
@@ -37,6 +38,38 @@ MAX_GAP_WIDTH = 12
 _PREFIX = struct.Struct("<4sBII")  # magic, version, file length, header length
 _TRAILER = struct.Struct("<I")  # CRC32 of everything before it
 _INT_DTYPES = ("int8", "int16", "int32", "int64")
+
+# A file is untrusted data: its header is checked against these limits (docs/cnnc-format.md, "Security")
+# before any of it is used, and every size it claims before anything is allocated.
+MAX_HEADER_BYTES = 1 << 20  # the JSON header once inflated
+MAX_JSON_DEPTH = 32
+MAX_NAME_CHARS = 256  # tensor names, spec keyword names and string values
+MAX_RANK = 8
+MAX_DIM = 2**31 - 1
+MAX_PARAMS = 2**40
+MAX_KWARG_LIST = 256
+MAX_INPUT_SIDE = 4096  # C, H and W of input_shape each
+MAX_INPUT_VALUES = 1 << 22  # C * H * W: the check forward pass runs on one such image
+#: all decoded tensors together may take at most BASE + PER_FILE_BYTE * (file size) bytes; the base
+#: covers every zoo model's dense state at any compression (VGG-16-BN, the largest, takes 56 MiB)
+DECODED_BYTES_BASE = 64 << 20
+DECODED_BYTES_PER_FILE_BYTE = 256
+_MAX_STREAM_BITS = 8 * 0xFFFFFFFF  # a u32-long file holds no more bits
+#: tensor dtype -> the stored dtypes the encoder writes for it; a raw section may pair nothing else
+_RAW_STORED: dict[str, tuple[str, ...]] = {
+    "float32": ("float16", "float32"), "float16": ("float16",), "bfloat16": ("float16", "float32"),
+    "float64": ("float64",), "uint8": ("uint8",), "bool": ("uint8",),
+    **{name: _INT_DTYPES[:i + 1] for i, name in enumerate(_INT_DTYPES)},
+}
+#: dtypes whose cast from the stored values can lose information, so every value is checked to survive it
+_CHECKED_CASTS = frozenset({"bfloat16", "bool"})
+_CODEBOOK_DTYPES = ("float16", "float32")
+_HEADER_REQUIRED = frozenset({"spec", "params", "tensors"})
+_HEADER_FIELDS = _HEADER_REQUIRED | {"meta", "input_shape"}
+_ENTRY_FIELDS = {"raw": frozenset({"name", "shape", "dtype", "coding", "stored"}),
+                 "shared": frozenset({"name", "shape", "dtype", "coding", "codebook", "codebook_dtype", "gap_width",
+                                      "entries", "index_bits", "gap_bits"})}
+_JSON_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*"?', re.DOTALL)  # an unterminated string runs to the end
 
 
 class CnncFormatError(ValueError):
@@ -120,6 +153,10 @@ def encode_state(state: dict[str, torch.Tensor], spec: ModelSpec, params: int, m
     body = b"".join(sections)
     length = _PREFIX.size + len(header_bytes) + len(body) + _TRAILER.size
     data = _PREFIX.pack(MAGIC, VERSION, length, len(header_bytes)) + header_bytes + body
+    try:  # write nothing the decoder would refuse (an exotic dtype, an over-long name or keyword value)
+        _check_header(json.loads(json.dumps(header)), length)
+    except CnncFormatError as exc:
+        raise ValueError(f"cannot encode this model as .cnnc: {str(exc).removeprefix('corrupt header: ')}") from exc
     return data + _TRAILER.pack(zlib.crc32(data)), stats
 
 
@@ -244,19 +281,25 @@ class _Reader:
 
     def take(self, n: int, what: str) -> bytes:
         if n < 0 or self.pos + n > self.end:
-            raise CnncFormatError(f"corrupt file: {what} runs past the end of the data")
+            raise CnncFormatError(f"corrupt file: {shorten(what, 60)} runs past the end of the data")
         chunk = self.data[self.pos:self.pos + n]
         self.pos += n
         return chunk
 
 
-def decode_model(data: bytes) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
-    """Rebuild the model in ``.cnnc`` bytes: (model in eval mode, spec, header). Raises CnncFormatError."""
-    state, spec, header = parse_cnnc(data)
+def decode_model(data: bytes, spec: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Rebuild the model in ``.cnnc`` bytes: (model in eval mode, spec, header). Raises CnncFormatError.
+
+    A file naming a zoo model rebuilds from the file alone; one naming any other factory needs the
+    caller's ``spec`` (its factory is used; the file's is never imported), else UntrustedFactoryError.
+    """
+    state, stored, header = parse_cnnc(data)
+    model, spec = rebuild_architecture(stored, spec)
     try:
-        model = load_weights(spec.build(), state, source="the .cnnc file", adopt=True)
+        model = load_weights(model, state, source="the .cnnc file", adopt=True)
     except CheckpointError as exc:
-        raise CnncFormatError(f"corrupt file: its tensors do not fit {spec.factory}: {exc}") from exc
+        raise CnncFormatError(f"corrupt file: its tensors do not fit {spec.factory}: "
+                              f"{shorten(exc, 300)}") from exc
     _check_runs(model.eval(), header.get("input_shape"))
     return model, spec, header
 
@@ -269,12 +312,24 @@ def _check_runs(model: nn.Module, input_shape: Any) -> None:
         with torch.no_grad():
             model(torch.zeros(1, *[int(d) for d in input_shape]))
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise CnncFormatError(f"corrupt file: the decoded model does not run on {input_shape}: {exc}") from exc
+        raise CnncFormatError(f"corrupt file: the decoded model does not run on {input_shape}: "
+                              f"{shorten(exc, 200)}") from exc
 
 
-def decode_state(data: bytes) -> tuple[dict[str, torch.Tensor], ModelSpec, dict[str, Any]]:
+def rebuild_architecture(stored: ModelSpec, spec: ModelSpec | None) -> tuple[nn.Module, ModelSpec]:
+    """The untrained model a file's spec describes (see ``models.rebuild``), malformed specs as CnncFormatError."""
+    try:
+        return rebuild(stored, spec, "the .cnnc file")
+    except UntrustedFactoryError:
+        raise
+    except ModelSpecError as exc:
+        raise CnncFormatError(f"corrupt header: {exc}") from exc
+
+
+def decode_state(data: bytes, spec: ModelSpec | None = None) -> tuple[dict[str, torch.Tensor], ModelSpec,
+                                                                     dict[str, Any]]:
     """The decoded state_dict (in file order), spec and header, checked against the rebuilt architecture."""
-    model, spec, header = decode_model(data)
+    model, spec, header = decode_model(data, spec)
     state = model.state_dict()
     return {entry["name"]: state[entry["name"]] for entry in header["tensors"]}, spec, header
 
@@ -283,21 +338,18 @@ def parse_cnnc(data: bytes) -> tuple[dict[str, torch.Tensor], ModelSpec, dict[st
     """The stored tensors, spec and header of ``.cnnc`` bytes, checked but not rebuilt into a model."""
     header_len = _check_envelope(data)
     start = _PREFIX.size
-    try:
-        header = json.loads(zlib.decompress(data[start:start + header_len]).decode("utf-8"))
-        spec = ModelSpec.from_dict(header["spec"])
-        entries = list(header["tensors"])
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise CnncFormatError(f"corrupt header: {exc}") from exc
+    header = _read_header(data[start:start + header_len])
+    spec = _check_header(header, len(data))
     reader = _Reader(data, start + header_len, len(data) - _TRAILER.size)
     state = {}
-    for entry in entries:
+    for entry in header["tensors"]:
         try:
             state[entry["name"]] = _decode_tensor(entry, reader)
         except CnncFormatError:
             raise
-        except (KeyError, TypeError, ValueError, HuffmanError) as exc:
-            raise CnncFormatError(f"corrupt tensor {entry.get('name', '?')!r}: {exc}") from exc
+        except ValueError as exc:  # HuffmanError included
+            raise CnncFormatError(f"corrupt tensor {brief(entry['name'])}: "
+                                  f"{shorten(exc, 200)}") from exc
     if reader.pos != reader.end:
         raise CnncFormatError(f"corrupt file: {reader.end - reader.pos} unexplained bytes after the last tensor")
     return state, spec, header
@@ -322,37 +374,179 @@ def _check_envelope(data: bytes) -> int:
     return header_len
 
 
+def _read_header(packed: bytes) -> Any:
+    """The header's JSON, inflated to at most MAX_HEADER_BYTES (a zlib bomb stops there) and parsed
+    only when it nests at most MAX_JSON_DEPTH deep (json.loads recurses once per level)."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(packed, MAX_HEADER_BYTES + 1)
+    except zlib.error as exc:
+        raise CnncFormatError(f"corrupt header: {shorten(str(exc), 200)}") from exc
+    if len(raw) > MAX_HEADER_BYTES:
+        raise CnncFormatError(f"corrupt header: it inflates to more than {MAX_HEADER_BYTES:,} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise CnncFormatError("corrupt header: its zlib stream is truncated or followed by stray bytes")
+    if _json_depth(raw) > MAX_JSON_DEPTH:
+        raise CnncFormatError(f"corrupt header: JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # bad UTF-8, bad JSON, an integer too long to convert
+        raise CnncFormatError(f"corrupt header: {shorten(str(exc), 200)}") from exc
+
+
+def _json_depth(text: bytes) -> int:
+    """How deep the brackets of JSON ``text`` nest outside strings, counted without recursion.
+
+    On every prefix json.loads accepts, this count is its recursion depth, so it bounds that depth.
+    """
+    codes = np.frombuffer(_JSON_STRING.sub(b"", text), dtype=np.uint8)
+    opens = np.isin(codes, (ord("["), ord("{"))).astype(np.int32)
+    closes = np.isin(codes, (ord("]"), ord("}")))
+    return int(np.cumsum(opens - closes, dtype=np.int32).max(initial=0))
+
+
+def _expect(ok: bool, what: str, value: Any) -> None:
+    if not ok:
+        raise CnncFormatError(f"corrupt header: {what}, got {brief(value)}")
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high  # bool is no int here
+
+
+def _is_one_of(value: Any, options: Any) -> bool:
+    return isinstance(value, str) and value in options  # unhashable values never reach ``in``
+
+
+def _check_fields(obj: Any, required: frozenset[str], allowed: frozenset[str], what: str) -> None:
+    _expect(isinstance(obj, dict), f"{what} must be a JSON object", obj)
+    missing, unknown = sorted(required - obj.keys()), sorted(obj.keys() - allowed)
+    if missing:
+        raise CnncFormatError(f"corrupt header: {what} lacks the field {missing[0]!r}")
+    _expect(not unknown, f"{what} has an unknown field", unknown[:1])
+
+
+def _check_header(header: Any, file_bytes: int) -> ModelSpec:
+    """Validate the header against the schema, and its tensors' sizes against the file's; the file's spec."""
+    _check_fields(header, _HEADER_REQUIRED, _HEADER_FIELDS, "the header")
+    _expect(_is_int(header["params"], 0, MAX_PARAMS), f"params must be an integer in 0..{MAX_PARAMS}",
+            header["params"])
+    _expect(isinstance(header.get("meta", {}), dict), "meta must be a JSON object", header.get("meta"))
+    _check_input_shape(header.get("input_shape"))
+    entries = header["tensors"]
+    _expect(isinstance(entries, list), "tensors must be a list", entries)
+    names: set[str] = set()
+    for index, entry in enumerate(entries):
+        _check_entry(entry, f"tensor #{index}")
+        _expect(entry["name"] not in names, "tensor names must be unique", entry["name"])
+        names.add(entry["name"])
+    _check_decoded_bytes(entries, file_bytes)
+    return _check_spec(header["spec"])
+
+
+def _check_input_shape(shape: Any) -> None:
+    _expect(shape is None or isinstance(shape, list) and len(shape) == 3
+            and all(_is_int(d, 1, MAX_INPUT_SIDE) for d in shape) and math.prod(shape) <= MAX_INPUT_VALUES,
+            f"input_shape must be null or [C, H, W], each in 1..{MAX_INPUT_SIDE}, at most {MAX_INPUT_VALUES:,} "
+            "values", shape)
+
+
+def _check_entry(entry: Any, where: str) -> None:
+    coding = entry.get("coding") if isinstance(entry, dict) else None
+    _expect(_is_one_of(coding, _ENTRY_FIELDS), f"{where} must be an object with coding 'raw' or 'shared'", entry)
+    _check_fields(entry, _ENTRY_FIELDS[coding], _ENTRY_FIELDS[coding], where)
+    name, shape = entry["name"], entry["shape"]
+    _expect(isinstance(name, str) and 1 <= len(name) <= MAX_NAME_CHARS,
+            f"{where} name must be a string of 1 to {MAX_NAME_CHARS} characters", name)
+    where = f"tensor {brief(name)}"
+    _expect(isinstance(shape, list) and len(shape) <= MAX_RANK and all(_is_int(d, 0, MAX_DIM) for d in shape),
+            f"{where} shape must be a list of at most {MAX_RANK} integers in 0..{MAX_DIM}", shape)
+    if coding == "raw":
+        dtype, stored = entry["dtype"], entry["stored"]
+        _expect(_is_one_of(dtype, _RAW_STORED) and _is_one_of(stored, _RAW_STORED[dtype]),
+                f"{where} must pair a dtype with a stored dtype the encoder writes", [dtype, stored])
+    else:
+        _check_shared_entry(entry, where)
+
+
+def _check_shared_entry(entry: dict[str, Any], where: str) -> None:
+    _expect(entry["dtype"] == "float32", f"{where}: only float32 tensors are shared", entry["dtype"])
+    _expect(_is_one_of(entry["codebook_dtype"], _CODEBOOK_DTYPES), f"{where} codebook_dtype must be one of "
+            f"{', '.join(_CODEBOOK_DTYPES)}", entry["codebook_dtype"])
+    _expect(_is_int(entry["codebook"], 0, MAX_CODEBOOK), f"{where} codebook must be in 0..{MAX_CODEBOOK}",
+            entry["codebook"])
+    _expect(_is_int(entry["gap_width"], 1, MAX_GAP_WIDTH), f"{where} gap_width must be in 1..{MAX_GAP_WIDTH}",
+            entry["gap_width"])
+    _expect(_is_int(entry["entries"], 0, _MAX_STREAM_BITS), f"{where} entries must be a count", entry["entries"])
+    count, longest = entry["entries"], huffman.MAX_CODE_LENGTH
+    for stream in ("index_bits", "gap_bits"):  # each code word is 1 to MAX_CODE_LENGTH bits
+        _expect(_is_int(entry[stream], count, longest * count),
+                f"{where} {stream} must be {count}..{longest * count} for {count} entries", entry[stream])
+
+
+def _check_decoded_bytes(entries: list[dict[str, Any]], file_bytes: int) -> None:
+    """Refuse, before anything is allocated, tensors whose dense size the file's own size cannot justify."""
+    total = sum(math.prod(entry["shape"]) * getattr(torch, entry["dtype"]).itemsize for entry in entries)
+    limit = DECODED_BYTES_BASE + DECODED_BYTES_PER_FILE_BYTE * file_bytes
+    if total > limit:
+        raise CnncFormatError(f"corrupt header: its tensors claim {total:,} decoded bytes, more than the "
+                              f"{limit:,} a {file_bytes:,}-byte file may expand to")
+
+
+def _check_spec(spec: Any) -> ModelSpec:
+    """The spec's shape (the factory and keyword ranges are ModelSpec's to check), then the spec itself."""
+    _check_fields(spec, frozenset({"factory"}), frozenset({"factory", "kwargs"}), "spec")
+    kwargs = spec.get("kwargs", {})
+    _expect(isinstance(kwargs, dict), "spec kwargs must be a JSON object", kwargs)
+    for key, value in kwargs.items():
+        _expect(_is_scalar(value) or isinstance(value, list) and len(value) <= MAX_KWARG_LIST
+                and all(_is_scalar(item) for item in value),
+                f"spec kwarg {brief(key)} must be a JSON scalar or a list of at most "
+                f"{MAX_KWARG_LIST}",
+                value)
+    try:
+        return ModelSpec.from_dict(spec)
+    except ValueError as exc:
+        raise CnncFormatError(f"corrupt header: {shorten(str(exc), 200)}") from exc
+
+
+def _is_scalar(value: Any) -> bool:
+    """A JSON scalar of bounded size: null, a boolean, an integer, a finite number or a short string."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return len(value) <= MAX_NAME_CHARS
+    return value is None or isinstance(value, int)
+
+
 def _decode_tensor(entry: dict[str, Any], reader: _Reader) -> torch.Tensor:
-    shape = [int(d) for d in entry["shape"]]
-    if any(d < 0 for d in shape):
-        raise ValueError(f"negative dimension in shape {shape}")
-    numel = int(np.prod(shape, dtype=np.int64))
-    dtype = getattr(torch, str(entry["dtype"]), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {entry['dtype']!r}")
+    """One tensor of a validated entry: raw, or dense from its shared coding."""
+    numel = math.prod(entry["shape"])
     if entry["coding"] == "raw":
-        stored = np.dtype(entry["stored"]).newbyteorder("<")
-        array = np.frombuffer(reader.take(numel * stored.itemsize, entry["name"]), dtype=stored)
-        return torch.from_numpy(array.astype(stored.newbyteorder("="))).to(dtype).reshape(shape)
-    if entry["coding"] != "shared":
-        raise ValueError(f"unknown coding {entry['coding']!r}")
-    return torch.from_numpy(_decode_shared(entry, reader, numel)).reshape(shape)
+        return _decode_raw(entry, reader, numel).reshape(entry["shape"])
+    return torch.from_numpy(_decode_shared(entry, reader, numel)).reshape(entry["shape"])
+
+
+def _decode_raw(entry: dict[str, Any], reader: _Reader, numel: int) -> torch.Tensor:
+    stored = np.dtype(entry["stored"]).newbyteorder("<")
+    array = np.frombuffer(reader.take(numel * stored.itemsize, entry["name"]), dtype=stored)
+    values = torch.from_numpy(array.astype(stored.newbyteorder("=")))
+    tensor = values.to(getattr(torch, entry["dtype"]))
+    if entry["dtype"] in _CHECKED_CASTS and not torch.equal(tensor.to(values.dtype), values):
+        raise ValueError(f"its {stored.name} values do not convert to {entry['dtype']} exactly")
+    return tensor
 
 
 def _decode_shared(entry: dict[str, Any], reader: _Reader, numel: int) -> np.ndarray:
-    k, width, name = int(entry["codebook"]), int(entry["gap_width"]), entry["name"]
-    if not 0 <= k <= MAX_CODEBOOK or not 1 <= width <= MAX_GAP_WIDTH:
-        raise ValueError(f"codebook size {k} or gap width {width} out of range")
+    k, width, name = entry["codebook"], entry["gap_width"], entry["name"]
     book_dtype = np.dtype(entry["codebook_dtype"]).newbyteorder("<")
-    if book_dtype.kind != "f":
-        raise ValueError(f"codebook dtype {book_dtype} is not a float type")
     codebook = np.frombuffer(reader.take(k * book_dtype.itemsize, name), dtype=book_dtype).astype(np.float32)
     sym_lengths = _unpack_nibbles(reader.take((k + 2) // 2, name), k + 1)
     gap_lengths = _unpack_nibbles(reader.take((2**width + 1) // 2, name), 2**width)
-    index_bits, gap_bits = int(entry["index_bits"]), int(entry["gap_bits"])
+    index_bits, gap_bits = entry["index_bits"], entry["gap_bits"]
     syms = huffman.decode(reader.take((index_bits + 7) // 8, name), index_bits, sym_lengths)
     gaps = huffman.decode(reader.take((gap_bits + 7) // 8, name), gap_bits, gap_lengths)
-    if len(syms) != len(gaps) or len(syms) != int(entry["entries"]):
+    if len(syms) != len(gaps) or len(syms) != entry["entries"]:
         raise ValueError(f"{len(syms)} indices and {len(gaps)} gaps, header says {entry['entries']}")
     positions, symbols = from_gaps(gaps, syms, filler=k)
     if len(positions) and positions[-1] >= numel:
@@ -367,9 +561,12 @@ def _unpack_nibbles(data: bytes, count: int) -> np.ndarray:
     return np.stack([packed >> 4, packed & 15], axis=1).reshape(-1)[:count].astype(np.int64)
 
 
-def read_cnnc(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
-    """Rebuild the model stored in a ``.cnnc`` file from the file alone: (model in eval mode, spec, header)."""
+def read_cnnc(path: str | os.PathLike, spec: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Rebuild the model stored in a ``.cnnc`` file: (model in eval mode, spec, header).
+
+    ``spec`` names the factory of a user's own architecture (see :func:`decode_model`).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    return decode_model(path.read_bytes())
+    return decode_model(path.read_bytes(), spec)

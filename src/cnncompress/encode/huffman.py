@@ -8,6 +8,7 @@ flat lookup table of ``2**max_len`` entries.
 from __future__ import annotations
 
 import heapq
+from array import array
 
 import numpy as np
 
@@ -100,7 +101,11 @@ def encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
 
 
 def decode(data: bytes, n_bits: int, lengths: np.ndarray) -> np.ndarray:
-    """Decode the ``n_bits``-bit stream in ``data``; every bit must belong to a whole code word."""
+    """Decode the ``n_bits``-bit stream in ``data``; every bit must belong to a whole code word.
+
+    The stream is untrusted: memory stays a few bytes per bit and the walk takes one step per code
+    word, so any stream costs time and memory linear in its length.
+    """
     if n_bits < 0 or (n_bits + 7) // 8 != len(data):
         raise HuffmanError(f"stream of {len(data)} bytes cannot hold {n_bits} bits")
     if n_bits == 0:
@@ -111,18 +116,15 @@ def decode(data: bytes, n_bits: int, lengths: np.ndarray) -> np.ndarray:
         raise HuffmanError("non-empty stream but the code table is empty")
     width = int(lengths.max())
     table_sym, table_len = _lookup_table(codes, lengths, width)
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n_bits]
-    padded = np.concatenate([bits, np.zeros(width, dtype=np.uint8)]).astype(np.int64)
-    windows = np.zeros(n_bits, dtype=np.int64)
-    for k in range(width):
-        windows = (windows << 1) | padded[k:k + n_bits]
-    return _walk(windows.tolist(), table_sym.tolist(), table_len.tolist(), n_bits)
+    windows = _windows(data, n_bits, width)
+    starts = _walk(table_len[windows].tobytes(), n_bits)
+    return table_sym[windows[starts]]
 
 
 def _lookup_table(codes: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Map every ``width``-bit window to (symbol, code length); 0 length marks an invalid prefix."""
     table_sym = np.zeros(2**width, dtype=np.int64)
-    table_len = np.zeros(2**width, dtype=np.int64)
+    table_len = np.zeros(2**width, dtype=np.uint8)
     for symbol in np.flatnonzero(lengths):
         length = int(lengths[symbol])
         start = int(codes[symbol]) << (width - length)
@@ -131,17 +133,28 @@ def _lookup_table(codes: np.ndarray, lengths: np.ndarray, width: int) -> tuple[n
     return table_sym, table_len
 
 
-def _walk(windows: list[int], table_sym: list[int], table_len: list[int], n_bits: int) -> np.ndarray:
-    out = []
+def _windows(data: bytes, n_bits: int, width: int) -> np.ndarray:
+    """The ``width`` (<= 15) bits starting at every bit position, zero-padded past the end, as uint16."""
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=n_bits)
+    padded = np.concatenate([bits, np.zeros(width, dtype=np.uint8)]).astype(np.uint16)
+    windows = np.zeros(n_bits, dtype=np.uint16)
+    for k in range(width):
+        windows <<= 1
+        windows |= padded[k:k + n_bits]
+    return windows
+
+
+def _walk(code_lengths: bytes, n_bits: int) -> np.ndarray:
+    """Bit positions where the code words start, given the code length found at every position."""
+    starts = array("q")
     pos = 0
     while pos < n_bits:
-        window = windows[pos]
-        length = table_len[window]
+        length = code_lengths[pos]
         if length == 0 or pos + length > n_bits:
             raise HuffmanError(f"invalid Huffman code at bit {pos} of {n_bits}")
-        out.append(table_sym[window])
+        starts.append(pos)
         pos += length
-    return np.asarray(out, dtype=np.int64)
+    return np.frombuffer(starts, dtype=np.int64)
 
 
 def coded_bits(counts: np.ndarray, lengths: np.ndarray) -> int:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..analysis.inputs import ExampleInput, eval_mode, model_device, one_image
-from ..utils import atomic_path
+from ..utils import atomic_path, check_finite
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -85,6 +85,7 @@ def export_onnx_fp32(model: nn.Module, path: str | os.PathLike, example_input: E
 
     ``equivalents=False`` exports modules as written, without their ``export_equivalent``.
     """
+    check_finite(model, "export")
     path = Path(path)
     example = one_image(example_input, model_device(model))
     batch = torch.export.Dim("batch")

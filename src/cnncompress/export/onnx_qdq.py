@@ -26,7 +26,7 @@ from ..analysis.inputs import ExampleInput, eval_mode, one_image
 from ..data import ImageSet
 from ..quant.core import INT32_MAX, INT32_MIN, FakeQuantize, QConv2d, QLinear
 from ..quant.graph import act_quantizers, op_kind, quant_layers, tensor_inputs
-from ..utils import atomic_path
+from ..utils import atomic_path, check_finite
 from .onnx_fp32 import INPUT_NAME, OPSET, OUTPUT_NAME
 
 INT64_MAX = 2**63 - 1
@@ -286,6 +286,7 @@ def _build_graph(qmodel: fx.GraphModule, example: torch.Tensor) -> onnx.GraphPro
 
 def export_onnx(qmodel: fx.GraphModule, path: str | os.PathLike, example_input: ExampleInput) -> Path:
     """Write ``qmodel`` as a self-contained QDQ ONNX file (checked by ``onnx.checker``), atomically."""
+    check_finite(qmodel, "export")
     _check_quantized(qmodel)
     example = one_image(example_input, next(qmodel.parameters()).device)
     model = helper.make_model(_build_graph(qmodel, example), producer_name="cnncompress",

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..utils import torch_save_atomic
-from .registry import ModelSpec
+from .registry import ModelSpec, ModelSpecError, UntrustedFactoryError, rebuild
 
 FORMAT = "cnncompress-checkpoint"
 VERSION = 1
@@ -57,7 +57,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as exc:  # torch raises several types for bad files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
-        return raw
+        return _checked_payload(raw, path)
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         state = raw["state_dict"]
         meta = {k: v for k, v in raw.items() if k != "state_dict" and isinstance(v, (int, float, str))}
@@ -66,6 +66,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     else:
         raise CheckpointError(f"{path} holds neither a cnncompress checkpoint nor a state_dict")
     return {"format": "state_dict", "spec": None, "state_dict": _strip_prefix(state), "meta": meta}
+
+
+def _checked_payload(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A cnncompress checkpoint's fields, type-checked so a forged file fails here with one line."""
+    state, meta = raw.get("state_dict"), raw.get("meta", {})
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{path}: 'state_dict' is not a mapping of names to tensors")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: 'meta' is not a mapping")
+    return {**raw, "meta": meta}
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
@@ -128,29 +139,50 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
     return model
 
 
-def apply_module_attrs(model: nn.Module, attrs: ModuleAttrs) -> nn.Module:
-    """Replay recorded non-tensor changes (e.g. pruned shortcut pad widths) on a freshly built model."""
+#: the largest value a recorded structural attribute (a pad width, a stride) may take
+MAX_MODULE_ATTR = 65_536
+
+
+def apply_module_attrs(model: nn.Module, attrs: Any) -> nn.Module:
+    """Replay recorded non-tensor changes (e.g. pruned shortcut pad widths) on a freshly built model.
+
+    ``attrs`` comes from a file, so only attributes a module declares in ``STRUCTURAL_ATTRS`` may be set,
+    to integers in ``[0, MAX_MODULE_ATTR]``.
+    """
+    if not isinstance(attrs, dict):
+        raise CheckpointError("recorded module attributes are not a mapping")
+    modules = dict(model.named_modules())
     for name, values in attrs.items():
-        module = model.get_submodule(name)
+        module = modules.get(name) if isinstance(name, str) else None
+        if module is None or not isinstance(values, dict):
+            raise CheckpointError(f"recorded module attributes name no module of {type(model).__name__}: "
+                                  f"{str(name)[:60]!r}")
         for attr, value in values.items():
-            if not isinstance(getattr(module, attr, None), int) or not isinstance(value, int):
-                raise CheckpointError(f"cannot set {name}.{attr} = {value!r}: not an integer attribute of "
-                                      f"{type(module).__name__}")
+            if attr not in getattr(module, "STRUCTURAL_ATTRS", ()) or isinstance(value, bool) \
+                    or not isinstance(value, int) or not 0 <= value <= MAX_MODULE_ATTR:
+                raise CheckpointError(f"cannot set {name}.{str(attr)[:60]} = {str(value)[:60]}: not a structural "
+                                      f"integer attribute of {type(module).__name__} in [0, {MAX_MODULE_ATTR}]")
             setattr(module, attr, value)
     return model
 
 
 def load_model(path: str | os.PathLike, spec: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec, dict]:
-    """Rebuild the model stored in ``path`` (its own spec, else ``spec``) and load its weights."""
+    """Rebuild the model stored in ``path`` and load its weights: ``(model in eval mode, spec, meta)``.
+
+    ``spec`` is the caller's: the architecture of a bare state_dict, and the factory used when the file
+    names one outside the zoo (a name read from the file is never imported; see ``models.registry``).
+    """
     ckpt = read_checkpoint(path)
-    stored = ModelSpec.from_dict(ckpt["spec"]) if ckpt.get("spec") else None
-    spec = stored or spec
-    if spec is None:
-        raise CheckpointError(f"{path} is a bare state_dict: name the architecture (--model)")
+    try:
+        stored = ModelSpec.from_dict(ckpt["spec"]) if ckpt.get("spec") is not None else None
+        model, spec = rebuild(stored, spec, str(path))
+    except UntrustedFactoryError:
+        raise
+    except ModelSpecError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     own_format = ckpt.get("format") == FORMAT
-    model = spec.build()
     if own_format:
-        apply_module_attrs(model, ckpt.get("meta", {}).get(MODULE_ATTRS_KEY, {}))
+        apply_module_attrs(model, ckpt["meta"].get(MODULE_ATTRS_KEY, {}))
     model = load_weights(model, ckpt["state_dict"], source=str(path), adopt=own_format)
     model.eval()
-    return model, spec, ckpt.get("meta", {})
+    return model, spec, ckpt["meta"]

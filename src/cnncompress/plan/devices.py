@@ -1,10 +1,11 @@
 """Device profiles: the limits and kernel bit widths of a deployment target, from YAML.
 
 Bundled profiles live in ``plan/devices/*.yaml`` (``list_devices()``); a user profile is any YAML
-file with the same fields. Fields: ``name``, ``description``, ``flash``, ``ram`` (RAM usable for
-activations), ``ram_total`` (informational), ``ram_reserved`` (scratch the runtime keeps; added to the
-predicted activation peak), ``macs``, ``latency``, ``latency_backend`` (how latency is measured on this
-host), ``weight_bits`` and ``activation_bits`` (widths the device's kernels support), ``notes``.
+file with the same fields, read within the limits of :mod:`cnncompress.safe_yaml`. Fields: ``name``,
+``description``, ``flash``, ``ram`` (RAM usable for activations), ``ram_total`` (informational),
+``ram_reserved`` (scratch the runtime keeps; added to the predicted activation peak), ``macs``,
+``latency``, ``latency_backend`` (how latency is measured on this host), ``weight_bits`` and
+``activation_bits`` (widths the device's kernels support), ``notes``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..safe_yaml import YamlInputError, load_yaml
+from ..utils import brief, shorten
 from .budget import Budget
 from .units import parse_bytes, parse_count, parse_duration_ms
 
@@ -73,18 +74,20 @@ def load_device(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
     """
     path = Path(name_or_path)
     if str(name_or_path) in list_devices():
-        resource = resources.files(__package__) / "devices" / f"{name_or_path}.yaml"
-        text, source = resource.read_text(encoding="utf-8"), f"bundled profile {name_or_path!r}"
+        file = resources.files(__package__) / "devices" / f"{name_or_path}.yaml"
+        source = f"bundled profile {name_or_path!r}"
     elif path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"device profile file not found: {path}")
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        file, source = path, str(path)
     else:
-        raise ValueError(f"unknown device {str(name_or_path)!r}; bundled: {list_devices()}, or give a .yaml path")
+        raise ValueError(f"unknown device {brief(str(name_or_path))}; bundled: {list_devices()}, or give a .yaml path")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{source}: not valid YAML: {exc}") from None
+        data = load_yaml(file)
+    except OSError as exc:
+        raise ValueError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    except YamlInputError as exc:
+        raise ValueError(f"{source}: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
     return device_from_mapping({**data, **dict(overrides or {})}, source)
@@ -94,7 +97,7 @@ def device_from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> D
     """Validate a profile mapping; every error names ``source`` and the field."""
     unknown = sorted(set(map(str, data)) - _KNOWN)
     if unknown:
-        raise ValueError(f"{source}: unknown field(s) {unknown}; known: {sorted(_KNOWN)}")
+        raise ValueError(f"{source}: unknown field(s) {brief(unknown)}; known: {sorted(_KNOWN)}")
     for key in ("name", "weight_bits", "activation_bits"):
         if data.get(key) is None:
             raise ValueError(f"{source}: field {key!r} is required")
@@ -114,22 +117,22 @@ def device_from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> D
             values["latency_ms"] = parse_duration_ms(data["latency"], "latency")
         values["weight_bits"] = _bit_list("weight_bits", data["weight_bits"])
         values["activation_bits"] = _bit_list("activation_bits", data["activation_bits"])
-    except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from None
+    except ValueError as exc:  # the message names the field; shorten bounds the value it quotes
+        raise ValueError(f"{source}: {shorten(exc, 300)}") from None
     _check_consistent(source, values)
     return DeviceProfile(**values)
 
 
 def _text(key: str, value: Any) -> str:
     if not isinstance(value, str) or (key == "name" and not value.strip()):
-        raise ValueError(f"{key}: expected text, got {value!r}")
+        raise ValueError(f"{key}: expected text, got {brief(value)}")
     return value
 
 
 def _bit_list(key: str, value: Any) -> tuple[int, ...]:
     items = value if isinstance(value, list) else [value]
     if not items or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32 for b in items):
-        raise ValueError(f"{key}: expected a non-empty list of integers in 1..32, got {value!r}")
+        raise ValueError(f"{key}: expected a non-empty list of integers in 1..32, got {brief(value)}")
     return tuple(sorted(set(items)))
 
 
@@ -142,5 +145,5 @@ def _check_consistent(source: str, values: dict[str, Any]) -> None:
         raise ValueError(f"{source}: field 'ram' ({ram} B) exceeds 'ram_total' ({total} B)")
     backend = values.get("latency_backend")
     if backend is not None and backend not in LATENCY_BACKENDS:
-        raise ValueError(f"{source}: field 'latency_backend' must be one of {LATENCY_BACKENDS}, got {backend!r}")
+        raise ValueError(f"{source}: field 'latency_backend' must be one of {LATENCY_BACKENDS}, got {brief(backend)}")
 

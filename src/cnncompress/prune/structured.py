@@ -28,6 +28,7 @@ from ..analysis.inputs import ExampleInput, model_device, one_image
 from ..graph import Binding, ChannelGraph, build_channel_graph
 from ..models import ModuleAttrs
 from ..models.resnet_cifar import PadShortcut
+from ..utils import check_finite
 from .importance import Batches, Importance, get_importance
 from .structured_alloc import AllocationRule, allocate
 
@@ -93,6 +94,7 @@ class StructuredPruner:
     def run(self, model: nn.Module, example_input: ExampleInput,
             data: Batches | Any | None = None) -> tuple[nn.Module, PruneRecord]:
         """Return a pruned copy of ``model`` (the original is untouched) and the record."""
+        check_finite(model, "prune")
         began = time.perf_counter()
         base = copy.deepcopy(model)
         example = one_image(example_input, model_device(base))

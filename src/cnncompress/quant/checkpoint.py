@@ -8,13 +8,14 @@ state_dict (folded weights, scales, zero points). Loading rebuilds the structure
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx
+from torch import fx, nn
 
-from ..models import ModelSpec, adopt_shapes, apply_module_attrs
+from ..models import CheckpointError, ModelSpec, UntrustedFactoryError, adopt_shapes, apply_module_attrs, rebuild
 from ..utils import torch_save_atomic
 from .core import FakeQuantize
 from .graph import set_mode
@@ -35,24 +36,38 @@ def save_quantized(path: str | os.PathLike, qmodel: fx.GraphModule, spec: ModelS
     return Path(path)
 
 
-def load_quantized(path: str | os.PathLike) -> tuple[fx.GraphModule, ModelSpec, dict[str, Any]]:
-    """Rebuild a model saved by :func:`save_quantized`: ``(qmodel, spec, meta)``, quantizers on."""
+def load_quantized(path: str | os.PathLike, spec: ModelSpec | None = None) -> tuple[fx.GraphModule, ModelSpec,
+                                                                                  dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_quantized`: ``(qmodel, spec, meta)``, quantizers on.
+
+    ``spec`` is the caller's: its factory rebuilds a file that names a model outside the zoo.
+    """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise ValueError(f"cannot read quantized checkpoint {path}: {exc}") from exc
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"cannot read quantized checkpoint {path}: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a cnncompress quantized checkpoint")
-    spec = ModelSpec.from_dict(payload["spec"])
-    config = QuantConfig.from_dict(payload["quant_config"])
-    qmodel = rebuild_quantized(spec, config, payload["state_dict"], payload.get("module_attrs", {}))
-    return qmodel, spec, payload.get("meta", {})
+        raise CheckpointError(f"{path} is not a cnncompress quantized checkpoint")
+    meta = payload.get("meta", {})
+    try:
+        model, spec = rebuild(ModelSpec.from_dict(payload.get("spec")), spec, str(path))
+        config = QuantConfig.from_dict(payload.get("quant_config"))
+        if not isinstance(meta, dict):
+            raise ValueError("'meta' is not a mapping")
+        qmodel = rebuild_quantized(model, config, payload.get("state_dict"), payload.get("module_attrs", {}))
+    except UntrustedFactoryError:
+        raise
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    return qmodel, spec, meta
 
 
-def rebuild_quantized(spec: ModelSpec, config: QuantConfig, state: dict[str, torch.Tensor],
-                      module_attrs: dict[str, dict[str, int]]) -> fx.GraphModule:
-    """The quantized model a checkpoint describes: build, replay structure, prepare, load, quantizers on."""
-    model = apply_module_attrs(spec.build(), module_attrs)
+def rebuild_quantized(model: nn.Module, config: QuantConfig, state: Any, module_attrs: Any) -> fx.GraphModule:
+    """The quantized model a file describes, from its freshly built float architecture ``model``:
+    replay structure, prepare, load the tensors, quantizers on."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError("the state_dict is not a mapping of names to tensors")
+    model = apply_module_attrs(model, module_attrs)
     adopt_shapes(model, state)
     qmodel = prepare(model, config, fold_stats=False)
     qmodel.module_attrs = module_attrs

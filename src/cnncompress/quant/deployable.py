@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from ..encode.container import CnncFormatError, encode_state, parse_cnnc
+from ..encode.container import CnncFormatError, encode_state, parse_cnnc, rebuild_architecture
 from ..models import ModelSpec
 from ..utils import atomic_write_bytes
 from .checkpoint import rebuild_quantized
@@ -50,14 +50,19 @@ def write_deployable(path: str | os.PathLike, qmodel: fx.GraphModule, spec: Mode
     return Path(path)
 
 
-def read_deployable(path: str | os.PathLike) -> tuple[fx.GraphModule, ModelSpec, dict[str, Any]]:
-    """Rebuild the quantized model in a file written by :func:`write_deployable`: ``(qmodel, spec, header)``."""
-    state, spec, header = parse_cnnc(Path(path).read_bytes())
+def read_deployable(path: str | os.PathLike, spec: ModelSpec | None = None) -> tuple[fx.GraphModule, ModelSpec,
+                                                                                      dict[str, Any]]:
+    """Rebuild the quantized model in a file written by :func:`write_deployable`: ``(qmodel, spec, header)``.
+
+    ``spec`` is the caller's: its factory rebuilds a file that names a model outside the zoo.
+    """
+    state, stored, header = parse_cnnc(Path(path).read_bytes())
     meta = header.get("meta") or {}
     if meta.get("kind") != KIND:
         raise CnncFormatError(f"{path} holds a float model, not a quantized deployable (use `cnncompress decode`)")
+    model, spec = rebuild_architecture(stored, spec)
     try:
-        qmodel = rebuild_quantized(spec, QuantConfig.from_dict(meta["quant_config"]), state,
+        qmodel = rebuild_quantized(model, QuantConfig.from_dict(meta.get("quant_config")), state,
                                    meta.get("module_attrs", {}))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CnncFormatError(f"corrupt file: its tensors do not fit a quantized {spec.factory}: {exc}") from exc

@@ -7,13 +7,14 @@ activation ranges are calibrated last, on the network that will actually run.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import fx, nn
 
 from ..models import structural_attrs
+from ..utils import check_finite
 from .adaround import adaround_weights
 from .calibrate import CALIBRATORS, make_calibrator
 from .core import INT32_MAX
@@ -65,8 +66,26 @@ class QuantConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+    def from_dict(cls, data: Any) -> QuantConfig:
+        """A config read from a file: known fields of the declared types only, else ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError("quant_config is not a mapping")
+        kinds = {f.name: f.type for f in fields(cls)}
+        for key, value in data.items():
+            expected = kinds.get(key) if isinstance(key, str) else None
+            if expected is None:
+                raise ValueError(f"quant_config has an unknown field {str(key)[:60]!r}")
+            if not _is_of(value, expected):
+                raise ValueError(f"quant_config field {key!r} must be {expected}, got {type(value).__name__}")
         return cls(**data)
+
+
+def _is_of(value: Any, annotation: str) -> bool:
+    """Whether a JSON value matches one of QuantConfig's field annotations (``int``, ``dict[str, int]``...)."""
+    if annotation == "dict[str, int]":
+        return isinstance(value, dict) and all(isinstance(k, str) and _is_of(v, "int") for k, v in value.items())
+    python_type = {"int": int, "bool": bool, "str": str, "float": int | float}[annotation]
+    return isinstance(value, python_type) and (annotation == "bool" or not isinstance(value, bool))
 
 
 def prepare(model: nn.Module, config: QuantConfig, fold_stats: bool = True) -> fx.GraphModule:
@@ -176,6 +195,7 @@ def quantize(model: nn.Module, calibration_data: CalibrationData, weight_bits: i
     first conv, whose input is the image, and the classifier, as low-bit papers keep them).
     AdaRound, when asked, learns the rounding of every layer below 8 bits. ``model`` is not modified.
     """
+    check_finite(model, "quantize")
     config = QuantConfig(weight_bits, act_bits, per_channel, calibration, weight_calibration,
                          dict(layer_bits or {}), cle, cle_relu6, bias_correction, adaround, adaround_iters,
                          layer_input_bits=dict(layer_input_bits or {}))

@@ -1,0 +1,33 @@
+"""The demo's baseline is seeded: the same command trains the same weights, whatever ran before."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import torch
+
+from cnncompress.cli import compress as demo
+from cnncompress.models import ModelSpec
+from cnncompress.train import fit
+
+
+def _quick_fit(model, data, config, **kwargs):
+    """The demo's training cut to three batches: enough to show that the weights repeat."""
+    return fit(model, data, replace(config, epochs=1, max_batches_per_epoch=3), **kwargs)
+
+
+def _baseline(tmp_path, train, seed: int, name: str) -> dict[str, torch.Tensor]:
+    args = argparse.Namespace(seed=seed, quiet=True, json=False)
+    return demo._trained_baseline(ModelSpec("digits_cnn"), train, tmp_path / name, args).state_dict()
+
+
+def test_demo_baseline_is_the_same_for_the_same_seed(tmp_path, monkeypatch, digits_train):
+    monkeypatch.setattr(demo, "fit", _quick_fit)
+    first = _baseline(tmp_path, digits_train, 0, "a.pt")
+    torch.rand(1000)  # whatever drew from the global generator in between does not matter
+    again, other = _baseline(tmp_path, digits_train, 0, "b.pt"), _baseline(tmp_path, digits_train, 1, "c.pt")
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["meta"]["seed"] == 0
