@@ -84,7 +84,7 @@ class DepthwiseNet(nn.Module):
 
 
 class GroupedNet(nn.Module):
-    """A grouped conv (groups=2): its channels stay whole, the layers around it still prune."""
+    """A grouped conv (groups=2): pruned a whole group at a time, its input and output together."""
 
     def __init__(self) -> None:
         super().__init__()

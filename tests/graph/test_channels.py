@@ -62,13 +62,13 @@ def test_se_gate_couples_expansion_with_gated_channels_and_flatten_spans_hw():
     assert body.index[[b.role for b in body.bindings].index("in")][0] == list(range(16))  # channel 0 -> 16 features
 
 
-def test_grouped_conv_keeps_its_groups_equal():
+def test_grouped_conv_prunes_whole_groups():
     graph = build_channel_graph(GroupedNet(), (1, 8, 8))
-    (stem,) = group_of(graph, "stem.0.out")
-    (grouped,) = group_of(graph, "grouped.0.out")
-    assert stem.index[0][:2] == [[0, 4], [1, 5]]  # input channel j of both groups of 4 goes together
-    assert "grouped.0.gin" in members(stem)
-    assert grouped.index[0][0] == [0, 4] and "head.0.in" in members(grouped)
+    (group,) = group_of(graph, "grouped.0.out")
+    m = members(group)
+    assert group.index[0] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # conv group k: its inputs and outputs together
+    assert m["stem.0.out"] == m["grouped.0.out"] == m["head.0.in"] == list(range(8))
+    assert "grouped.0.in" not in m
 
 
 def test_channel_pad_in_forward_code_is_kept_with_a_reason():
@@ -112,5 +112,5 @@ def test_hard_coded_view_sizes_keep_channels():
 
 def test_depthwise_groups_pass_channels_through():
     graph = build_channel_graph(build_model("mobilenetv2"), (3, 32, 32))
-    (dw,) = group_of(graph, "features.4.block.3.dw")  # first block's depthwise conv with expansion
+    (dw,) = group_of(graph, "features.4.block.3.out")  # first block's depthwise conv with expansion
     assert {"features.4.block.0.out", "features.4.block.1.bn", "features.4.block.6.in"} <= set(members(dw))

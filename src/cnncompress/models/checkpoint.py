@@ -86,21 +86,32 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> di
 
 
 def adopt_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Resize Conv2d/Linear/BatchNorm layers in place to the widths stored in ``state``."""
+    """Resize layers in place to the widths stored in ``state``.
+
+    Grouped convs and GroupNorm keep their per-group width, as pruning removes whole groups.
+    """
     for name, module in model.named_modules():
-        weight = state.get(f"{name}.weight" if name else "weight")
+        prefix = f"{name}." if name else ""
+        weight = state.get(f"{prefix}weight")
         if isinstance(module, nn.Conv2d) and weight is not None and weight.shape != module.weight.shape:
-            groups = module.groups
-            depthwise = groups == module.in_channels == module.out_channels and groups > 1
+            per_group = module.out_channels // module.groups
             module.out_channels = weight.shape[0]
-            module.groups = weight.shape[0] if depthwise else groups
+            module.groups = weight.shape[0] // per_group if module.groups > 1 else 1
             module.in_channels = weight.shape[1] * module.groups
             _resize_params(module, weight.shape)
         elif isinstance(module, nn.Linear) and weight is not None and weight.shape != module.weight.shape:
             module.out_features, module.in_features = weight.shape
             _resize_params(module, weight.shape)
+        elif isinstance(module, nn.GroupNorm) and weight is not None and weight.shape[0] != module.num_channels:
+            per_group = module.num_channels // module.num_groups
+            module.num_channels = weight.shape[0]
+            module.num_groups = weight.shape[0] // per_group
+            _resize_params(module, weight.shape)
+        elif isinstance(module, nn.LayerNorm) and weight is not None and weight.shape != module.weight.shape:
+            module.normalized_shape = tuple(weight.shape)
+            _resize_params(module, weight.shape)
         elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
-            mean = state.get(f"{name}.running_mean")
+            mean = state.get(f"{prefix}running_mean")
             if mean is not None and mean.shape[0] != module.num_features:
                 module.num_features = mean.shape[0]
                 for attr in ("weight", "bias", "running_mean", "running_var"):

@@ -26,9 +26,15 @@ import torch
 from torch import nn
 
 from ..utils import brief
+from .densenet import DenseNetCifar
+from .efficientnet import EfficientNetB0
 from .lenet import DigitsCNN, LeNet5, LeNet300
 from .mobilenetv2 import MobileNetV2
+from .mobilenetv3 import MobileNetV3Small
+from .regnet import RegNetCifar
 from .resnet_cifar import CifarResNet
+from .resnet_gn import ResNetGN
+from .shufflenetv2 import ShuffleNetV2
 from .vgg import VGG
 
 Factory = Callable[..., nn.Module]
@@ -119,6 +125,23 @@ register_model("vgg16_bn", (3, 32, 32), "cifar10",
                {"cfg": vgg_layers, "num_classes": CLASSES, "in_channels": CHANNELS})(VGG)
 register_model("mobilenetv2", (3, 32, 32), "cifar10",
                {"num_classes": CLASSES, "width_mult": number(0.1, 4.0), "in_channels": CHANNELS})(MobileNetV2)
+# the ranges below keep every model within MAX_FILE_PARAMS (tests/models/test_zoo_architectures.py)
+register_model("mobilenetv3_small", (3, 32, 32), "cifar10",
+               {"num_classes": CLASSES, "width_mult": number(0.1, 4.0), "in_channels": CHANNELS})(MobileNetV3Small)
+register_model("efficientnet_b0", (3, 32, 32), "cifar10",
+               {"num_classes": CLASSES, "width_mult": number(0.1, 2.0), "depth_mult": number(0.1, 3.0),
+                "drop_path_rate": number(0.0, 0.5), "in_channels": CHANNELS})(EfficientNetB0)
+register_model("shufflenetv2", (3, 32, 32), "cifar10",
+               {"num_classes": CLASSES, "width_mult": number(0.1, 4.0), "in_channels": CHANNELS})(ShuffleNetV2)
+register_model("densenet_cifar", (3, 32, 32), "cifar10",
+               {"depth": integer(10, 190, lambda d: (d - 4) % 6 == 0, " of the form 6n+4"),
+                "growth_rate": integer(1, 48), "num_classes": CLASSES, "in_channels": CHANNELS})(DenseNetCifar)
+register_model("regnet_cifar", (3, 32, 32), "cifar10",
+               {"num_classes": CLASSES, "width_mult": number(0.1, 4.0), "group_width": integer(1, 64),
+                "in_channels": CHANNELS})(RegNetCifar)
+register_model("resnet_gn", (3, 32, 32), "cifar10",
+               {"depth": integer(8, 164, lambda d: (d - 2) % 6 == 0, " of the form 6n+2"), "num_classes": CLASSES,
+                "num_groups": integer(1, 32), "width_mult": number(0.25, 4.0), "in_channels": CHANNELS})(ResNetGN)
 
 
 def model_names() -> list[str]:

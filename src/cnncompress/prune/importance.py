@@ -22,7 +22,7 @@ class Importance:
     """Base criterion: ``member_scores`` for the roles in ``roles``; override to define a criterion."""
 
     name = "base"
-    roles: tuple[str, ...] = ("out", "dw", "in", "gin")
+    roles: tuple[str, ...] = ("out", "in")
     requires_data = False
 
     def prepare(self, model: nn.Module, graph: ChannelGraph, data: Batches | None) -> None:
@@ -55,13 +55,18 @@ def _normalise(scores: torch.Tensor) -> torch.Tensor:
     return scores / mean if mean > 0 else scores
 
 
-def _axis_slices(weight: torch.Tensor, role: str, classes: list[list[int]]) -> list[torch.Tensor]:
-    """The part of ``weight`` each channel owns: rows for ``out``/``dw``/``bn``, columns for ``in``/``gin``."""
-    if role == "in":
-        return [weight[:, idx] for idx in classes]
-    if role == "gin":  # a grouped conv's weight holds in/groups columns, shared by position across groups
-        return [weight[:, sorted({i % weight.shape[1] for i in idx})] for idx in classes]
-    return [weight[idx] for idx in classes]
+def per_class(values: torch.Tensor, classes: list[list[int]]) -> torch.Tensor:
+    """Sum of ``values`` (one per axis index) over each channel's indices, in one indexed add."""
+    flat = torch.tensor([i for idx in classes for i in idx], dtype=torch.long)
+    owner = torch.tensor([c for c, idx in enumerate(classes) for _ in idx], dtype=torch.long)
+    return torch.zeros(len(classes), dtype=values.dtype).index_add_(0, owner, values[flat])
+
+
+def _axis_sums(tensor: torch.Tensor, role: str) -> torch.Tensor:
+    """``tensor`` summed over everything but the axis ``role`` indexes: rows, or columns for ``in``."""
+    if tensor.dim() == 1:
+        return tensor
+    return tensor.transpose(0, 1).flatten(1).sum(1) if role == "in" else tensor.flatten(1).sum(1)
 
 
 class Magnitude(Importance):
@@ -79,8 +84,8 @@ class Magnitude(Importance):
         weight = getattr(module, "weight", None)
         if weight is None:
             return None
-        slices = _axis_slices(weight.detach(), binding.role, classes)
-        return torch.stack([s.abs().pow(self.p).sum().pow(1 / self.p) for s in slices])
+        powers = _axis_sums(weight.detach().double().abs().pow(self.p), binding.role)
+        return per_class(powers, classes).pow(1 / self.p)
 
 
 class FPGM(Importance):
@@ -90,12 +95,11 @@ class FPGM(Importance):
     """
 
     name = "fpgm"
-    roles = ("out", "dw")
+    roles = ("out",)
 
     def member_scores(self, module, binding, classes):
         weight = module.weight.detach().flatten(1).double()
-        distance = torch.cdist(weight, weight).sum(1)
-        return torch.stack([distance[idx].sum() for idx in classes])
+        return per_class(torch.cdist(weight, weight).sum(1), classes)
 
     def fallback(self, model, group):
         return Magnitude(p=2).score(model, group)
@@ -110,8 +114,7 @@ class BNScale(Importance):
     def member_scores(self, module, binding, classes):
         if module.weight is None:
             return None
-        gamma = module.weight.detach().abs()
-        return torch.stack([gamma[idx].sum() for idx in classes])
+        return per_class(module.weight.detach().double().abs(), classes)
 
 
 class Taylor(Importance):
@@ -121,7 +124,7 @@ class Taylor(Importance):
     """
 
     name = "taylor"
-    roles = ("out", "dw", "bn", "in", "gin")
+    roles = ("out", "bn", "affine", "in")
     requires_data = True
 
     def __init__(self, batches: int = 8) -> None:
@@ -157,13 +160,12 @@ class Taylor(Importance):
 
     def member_scores(self, module, binding, classes):
         parts = [p for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if p is not None]
-        role = "out" if binding.role == "bn" else binding.role
         total = None
         for p in parts:
-            if p.dim() == 1 and role in ("in", "gin"):
+            if p.dim() == 1 and binding.role == "in":
                 continue
-            contrib = (p.detach() * self.grads[self._names[id(p)]])
-            scores = torch.stack([s.sum() for s in _axis_slices(contrib, role, classes)]).abs()
+            contrib = _axis_sums(p.detach().double() * self.grads[self._names[id(p)]], binding.role)
+            scores = per_class(contrib, classes).abs()
             total = scores if total is None else total + scores
         return total
 

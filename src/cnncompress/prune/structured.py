@@ -2,10 +2,13 @@
 
 ``StructuredPruner.run`` traces the model into a :class:`~cnncompress.graph.ChannelGraph`, scores
 every group with an importance criterion, allocates kept channels (uniform, per-layer or global
-ranking), and slices the weights of every coupled layer. A MACs/params target is met by bisecting
-the prune ratio on real shrunk copies, so the reported fraction is measured, not predicted.
+ranking), and shrinks every coupled layer through the :mod:`.shrink` table. A MACs target is met by
+bisecting the prune ratio with the graph's exact MAC count and, where uniform ratios cannot land
+within tolerance, by ranking channels globally while tracking MACs exactly (a params target bisects
+on shrunk copies). The reported figures are counted on the shrunk model. A prune that drops far
+fewer channels than asked logs a warning and records it with the graph's reasons.
 
-The result is the same model class with narrower Conv/Linear/BatchNorm layers. Only one thing is
+The result is the same model class with narrower layers. Only one thing is
 not a tensor shape: the pad widths of option-A shortcuts; they are returned in
 ``PruneRecord.module_attrs`` and stored in checkpoint meta under :data:`MODULE_ATTRS_KEY`, so a
 checkpoint rebuilds from the original spec with :func:`cnncompress.models.load_model`.
@@ -14,32 +17,39 @@ checkpoint rebuilds from the original spec with :func:`cnncompress.models.load_m
 from __future__ import annotations
 
 import copy
+import fnmatch
+import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..analysis import count_macs
 from ..analysis.inputs import ExampleInput, model_device, one_image
 from ..graph import Binding, ChannelGraph, build_channel_graph
 from ..models import ModuleAttrs
-from ..models.resnet_cifar import PadShortcut
 from ..utils import check_finite
 from .importance import Batches, Importance, get_importance
-from .structured_alloc import AllocationRule, allocate
+from .shrink import Axis, Kept, shrink
+from .structured_alloc import AllocationRule, MacTracker, allocate, global_to_macs
+
+log = logging.getLogger(__name__)
 
 
 class TargetNotReached(ValueError):
-    """No prune ratio brings the model within tolerance of the requested MACs/params fraction."""
+    """No allocation brings the model within tolerance of the requested MACs/params fraction."""
 
 
 @dataclass
 class PruneRecord:
-    """What a structured pruning run did; every figure is measured on the shrunk model."""
+    """What a structured pruning run did; every figure is measured on the shrunk model.
+
+    ``kept_whole`` lists the channel sets the graph could not prune, each with its reasons;
+    ``warnings`` says when far fewer channels went than asked, and why; ``notes`` how a target was met.
+    """
 
     criterion: str
     allocation: str
@@ -55,6 +65,9 @@ class PruneRecord:
     module_attrs: ModuleAttrs
     search: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    kept_whole: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def macs_fraction(self) -> float:
@@ -101,46 +114,111 @@ class StructuredPruner:
         graph = build_channel_graph(base, example, self.leaf_modules, self.exclude)
         self.importance.prepare(base, graph, _batches(data, model_device(base)) if data is not None else None)
         scores = [self.importance.score(base, g) for g in graph.groups]
-        before = _Costs(count_macs(base, example), _params(base))
+        before = _Costs(graph.macs(base), _params(base))
+        notes: list[str] = []
         if self.ratio is not None:
-            ratio, search = self.ratio, []
+            ratio, search, kept = self.ratio, [], allocate(graph.groups, scores, self.ratio, self.rule)
         else:
-            ratio, search = self._search(base, graph, scores, example, before)
-        kept = allocate(graph.groups, scores, ratio, self.rule)
+            ratio, search, kept = self._search(base, graph, scores, before, notes)
         pruned, widths, attrs = _apply(base, graph, kept, in_place=True)
-        after = _Costs(count_macs(pruned, example), _params(pruned))
+        after = _Costs(graph.macs(pruned), _params(pruned))
         record = PruneRecord(
             criterion=self.importance.name, allocation=self.rule.kind, ratio=ratio,
             target=_target_dict(self.target_macs, self.target_params), macs_before=before.macs,
             macs_after=after.macs, params_before=before.params, params_after=after.params, layers=widths,
             groups=[{"id": g.id, "channels": g.size, "kept": len(k), "modules": g.modules}
                     for g, k in zip(graph.groups, kept, strict=True)],
-            kept_because=graph.fixed, module_attrs=attrs, search=search, seconds=time.perf_counter() - began)
+            kept_because=graph.fixed, module_attrs=attrs, search=search, kept_whole=graph.kept,
+            warnings=self._shortfall(graph, kept), notes=notes, seconds=time.perf_counter() - began)
+        for message in record.warnings:
+            log.warning("%s", message)
         pruned.train(model.training)
         return pruned, record
 
-    def _search(self, base: nn.Module, graph: ChannelGraph, scores: list[torch.Tensor], example: torch.Tensor,
-                before: _Costs) -> tuple[float, list[dict[str, float]]]:
-        """Bisect the prune ratio until the fraction measured on a shrunk copy is within ``tolerance``."""
-        target = self.target_macs if self.target_macs is not None else self.target_params
-        key = "macs" if self.target_macs is not None else "params"
+    def _search(self, base: nn.Module, graph: ChannelGraph, scores: list[torch.Tensor], before: _Costs,
+                notes: list[str]) -> tuple[float, list[dict[str, float]], list[list[int]]]:
+        """Bisect the prune ratio under the rule; where that misses the target, rank channels globally."""
+        target, key = (self.target_macs, "macs") if self.target_macs is not None else (self.target_params, "params")
+        tracker = MacTracker(graph, base)
+
+        def measure(kept: list[list[int]]) -> float:
+            if key == "macs":
+                return tracker.total(kept) / before.macs
+            return _params(_apply(base, graph, kept)[0]) / before.params
+
+        ratio, got, steps, kept = self._bisect(graph, scores, self.rule, measure, target)
+        if self._reached(got, target):
+            return ratio, steps, kept
+        tried = f"{self.rule.kind} ratios reach {got:.3f} at best"
+        if key == "macs":
+            kept, fallback = global_to_macs(graph.groups, scores, self.rule, tracker, target * before.macs,
+                                            self.tolerance)
+            fallback /= before.macs
+        elif not self.rule.global_ranking:
+            _, fallback, more, kept = self._bisect(graph, scores, replace(self.rule, global_ranking=True),
+                                                   measure, target)
+            steps += more
+        else:
+            fallback = got
+        if not self._reached(fallback, target):
+            closest = min(got, fallback, key=lambda f: abs(f - target))
+            raise TargetNotReached(
+                f"cannot reach {key} {target:.3f} of the unpruned model within {self.tolerance:.0%}: the closest "
+                f"reachable is {closest:.3f} ({tried}, global ranking {fallback:.3f}); "
+                f"{_limits(graph, self.rule)}")
+        notes.append(f"{tried}: channels were ranked globally across groups instead, reaching {fallback:.3f}")
+        log.info("%s", notes[-1])
+        removed = sum(g.size - len(k) for g, k in zip(graph.groups, kept, strict=True))
+        return removed / max(sum(g.size for g in graph.groups), 1), steps, kept
+
+    def _bisect(self, graph: ChannelGraph, scores: list[torch.Tensor], rule: AllocationRule,
+                measure: Callable[[list[list[int]]], float], target: float):
+        """Bisect the prune ratio under ``rule``: (ratio, fraction, steps, kept) closest to ``target``."""
         lo, hi, best, steps = 0.0, 0.99, None, []
         for _ in range(30):
             mid = (lo + hi) / 2
-            shrunk = _apply(base, graph, allocate(graph.groups, scores, mid, self.rule))[0]
-            got = count_macs(shrunk, example) / before.macs if key == "macs" else _params(shrunk) / before.params
-            steps.append({"ratio": mid, f"{key}_fraction": got})
+            kept = allocate(graph.groups, scores, mid, rule)
+            got = measure(kept)
+            steps.append({"ratio": mid, f"{'macs' if self.target_macs else 'params'}_fraction": got})
             if best is None or abs(got - target) < abs(best[1] - target):
-                best = (mid, got)
-            if abs(got / target - 1) <= self.tolerance:
+                best = (mid, got, kept)
+            if self._reached(got, target):
                 break
             lo, hi = (mid, hi) if got > target else (lo, mid)
-        if abs(best[1] / target - 1) > self.tolerance:
-            raise TargetNotReached(
-                f"cannot reach {key} {target:.3f} of the unpruned model within {self.tolerance:.0%}: the "
-                f"closest is {best[1]:.3f} (prune ratio {best[0]:.3f}); relax round_to, min_channels, "
-                f"max_ratio or exclude{'' if self.rule.global_ranking else ', or use global ranking'}")
-        return best[0], steps
+        return best[0], best[1], steps, best[2]
+
+    def _reached(self, got: float, target: float) -> bool:
+        return abs(got / target - 1) <= self.tolerance
+
+    def _shortfall(self, graph: ChannelGraph, kept: list[list[int]]) -> list[str]:
+        """A warning when far fewer layer outputs went than the ratio asked (not counting user exclusions)."""
+        asked = self.ratio if self.ratio is not None else 0.0
+        excluded = set(self.exclude)
+        total = sum(b.size for b in graph.bindings
+                    if b.role == "out" and not any(fnmatch.fnmatchcase(b.module, p) for p in excluded))
+        dropped = sum(len(idx) for g, k in zip(graph.groups, kept, strict=True)
+                      for b, classes in zip(g.bindings, g.index, strict=True) if b.role == "out"
+                      for c, idx in enumerate(classes) if c not in set(k))
+        if asked <= 0 or dropped >= 0.5 * asked * total:
+            return []
+        return [f"asked to drop {asked:.0%} of the layers' output channels, dropped {dropped} of {total} "
+                f"({dropped / max(total, 1):.1%}): {_limits(graph, self.rule)}"]
+
+
+def _limits(graph: ChannelGraph, rule: AllocationRule) -> str:
+    """Why channels stay: the kept sets' reasons (largest first) and the allocation rule's floors."""
+    counts: dict[str, int] = defaultdict(int)
+    for kept in graph.kept:
+        for reason in kept["reasons"]:
+            counts[reason] += len(kept["members"])
+    reasons = sorted(counts, key=counts.get, reverse=True)
+    whole = (f"channels kept whole by the graph: {'; '.join(reasons[:5])}{' ...' if len(reasons) > 5 else ''}"
+             if reasons else "the graph keeps no channels whole")
+    if not graph.groups:
+        return f"no channel can be pruned; {whole}"
+    return (f"{len(graph.groups)} prunable groups ({sum(g.size for g in graph.groups)} channels), each kept at "
+            f">= min_channels={rule.min_channels}, a multiple of round_to={rule.round_to}, losing <= "
+            f"max_ratio={rule.max_ratio} under global ranking; {whole}")
 
 
 @dataclass
@@ -169,67 +247,30 @@ def _batches(data: Any, device: torch.device) -> Iterable[tuple[torch.Tensor, to
 
 def _apply(base: nn.Module, graph: ChannelGraph, kept: list[list[int]], in_place: bool = False):
     """``base`` (or a copy) shrunk to ``kept[g]`` channels of group g; also the widths and module attrs."""
-    removed: dict[Binding, set[int]] = defaultdict(set)
+    removed: dict[Binding, list[int]] = defaultdict(list)
     for group, keep in zip(graph.groups, kept, strict=True):
         keep_set = set(keep)
         for binding, classes in zip(group.bindings, group.index, strict=True):
             for c, indices in enumerate(classes):
                 if c not in keep_set:
-                    removed[binding].update(indices)
+                    removed[binding].extend(indices)
     model = base if in_place else copy.deepcopy(base)
-    roles: dict[str, dict[str, tuple[torch.Tensor, int]]] = defaultdict(dict)
+    axes: dict[str, Kept] = defaultdict(dict)
     widths: dict[str, dict[str, list[int]]] = defaultdict(dict)
     for binding in graph.bindings:
-        index = [i for i in range(binding.size) if i not in removed[binding]]
+        mask = torch.ones(binding.size, dtype=torch.bool)
+        mask[removed.get(binding, [])] = False
+        index = mask.nonzero().flatten()
         widths[binding.module][binding.role] = [binding.size, len(index)]
         if len(index) < binding.size:
-            roles[binding.module][binding.role] = (torch.tensor(index, dtype=torch.long), binding.size)
+            axes[binding.module][binding.role] = Axis(index, binding.size)
     attrs: ModuleAttrs = {}
     with torch.no_grad():
-        for name, module_roles in roles.items():
-            changed = _shrink_module(model.get_submodule(name), module_roles)
+        for name, kept_axes in axes.items():
+            changed = shrink(model.get_submodule(name), kept_axes)
             if changed:
                 attrs[name] = changed
     return model, dict(widths), attrs
-
-
-def _shrink_module(module: nn.Module, roles: dict[str, tuple[torch.Tensor, int]]) -> dict[str, int] | None:
-    """Slice one module's parameters to the kept indices per role; return non-tensor attributes changed."""
-    if isinstance(module, PadShortcut):
-        keep, width = roles["pad"]
-        end = width - module.pad_after  # output positions [pad_before, end) carry the input channels
-        module.pad_before, module.pad_after = int((keep < module.pad_before).sum()), int((keep >= end).sum())
-        return {"pad_before": module.pad_before, "pad_after": module.pad_after}
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        _slice_params(module, ("weight", "bias", "running_mean", "running_var"), roles["bn"][0], 0)
-        module.num_features = len(roles["bn"][0])
-        return None
-    if "gin" in roles:  # grouped conv: kept input channels as positions within a group
-        per_group = module.weight.shape[1]
-        roles["in"] = (torch.tensor(sorted({int(i) % per_group for i in roles["gin"][0]})), per_group)
-    for role, dim in (("out", 0), ("dw", 0), ("in", 1)):
-        if role in roles:
-            _slice_params(module, ("weight",) if role == "in" else ("weight", "bias"), roles[role][0], dim)
-    if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = module.weight.shape
-    else:  # a Conv: the graph binds no other module type
-        if "dw" in roles:
-            module.groups = module.weight.shape[0]
-        module.out_channels = module.weight.shape[0]
-        module.in_channels = module.weight.shape[1] * module.groups
-    return None
-
-
-def _slice_params(module: nn.Module, names: Sequence[str], index: torch.Tensor, dim: int) -> None:
-    for name in names:
-        tensor = getattr(module, name, None)
-        if tensor is None:
-            continue
-        sliced = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
-        if isinstance(tensor, nn.Parameter):
-            setattr(module, name, nn.Parameter(sliced, requires_grad=tensor.requires_grad))
-        else:
-            setattr(module, name, sliced)
 
 
 def prune_channels(model: nn.Module, example_input: ExampleInput, ratio: float | None = None,
