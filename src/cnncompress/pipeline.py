@@ -24,7 +24,7 @@ from torch import nn
 
 from .analysis import profile
 from .data import ImageSet
-from .export import OnnxRuntimeModule, export_onnx
+from .export import OnnxRuntimeModule, export_onnx, export_plan
 from .models import ModelSpec
 from .plan import (
     Budget,
@@ -250,6 +250,7 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
     test_data = test_data or val_data
     out = Path(output_dir)
     device = profile_
+    check_deployable(model, train_data.info.input_shape)
     settings = {"budget": budget.to_dict(), "device": device.to_dict() if device else None,
                 "options": asdict(options), "spec": spec.to_dict()}
     with RunDirectory(out, spec, settings, resume=resume) as run_dir:
@@ -293,6 +294,12 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
         return result
 
 
+def check_deployable(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """Fail before the first stage when quantization or integer export cannot take the graph; log the float
+    islands it will have."""
+    log.info("integer export plan: %s", export_plan(model, shape).describe())
+
+
 def _deploy_and_verify(qmodel: nn.Module, float_model: nn.Module, spec: ModelSpec, shape: tuple[int, ...],
                        out: Path, test: ImageSet, budget: Budget, baseline_top1: float, act_bits: int,
                        scratch: int, predicted: Any = None) -> tuple[dict[str, Path], float, Verification]:
@@ -327,6 +334,7 @@ def compress_with_recipe(model: nn.Module, recipe: str | Path | dict[str, Any], 
     out = Path(output_dir)
     settings = {"recipe": [[n, o] for n, o in stages], "budget": budget.to_dict(), "spec": spec.to_dict()}
     shape = train_data.info.input_shape
+    check_deployable(model, shape)
     with RunDirectory(out, spec, settings, resume=resume) as run_dir:
         baseline_test = evaluate(model.eval(), test_data, device=device).top1
         float_model, qmodel, records = run_recipe(copy.deepcopy(model), stages, spec, train_data, val_data, run_dir,

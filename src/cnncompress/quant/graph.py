@@ -1,91 +1,25 @@
 """Rewrite a float model (torch.fx) into its quantization-simulating twin.
 
-The rewrite places activation quantizers exactly where an integer runtime holds integer tensors:
-the model input, the output of every conv/linear/add/concat (after a directly following ReLU/ReLU6,
-which the runtime fuses), and any other float tensor that reaches a conv/linear/add/concat input.
-Pure data movement (slicing, zero padding, flatten, max pooling) keeps a tensor on its grid, so the
-option-A ResNet shortcut needs no quantizer of its own. BatchNorm is folded into the preceding conv
-first, as every deployment does. The export walks this same graph, so simulated == deployed.
+The rewrite places activation quantizers exactly where an integer runtime holds integer tensors, as
+the role table in :mod:`.ops` says: the model input, the output of every integer op (after a directly
+following ReLU/ReLU6, which the runtime fuses), and any other tensor an integer op reads. Pure data
+movement (slicing, zero padding, reshapes, splits, max pooling, nearest upsampling) keeps a tensor on
+its grid, so it needs no quantizer of its own; every other op is a float island whose output is
+quantized only where an integer op reads it. BatchNorm is folded into the preceding conv first, as
+every deployment does. The export walks this same graph, so simulated == deployed.
 """
 
 from __future__ import annotations
 
 import copy
-import operator
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from .core import QUANT_LAYERS, FakeQuantize, Mode, QConv2d, QLinear
+from .ops import Role, op_kind, role, tensor_inputs
 from .spec import activation_spec, weight_spec
-
-PRODUCERS = {"conv", "linear", "add", "cat"}  # outputs the runtime requantizes
-CONSUMERS = {"conv", "linear", "add", "cat"}  # need integer inputs
-ACTIVATIONS = {"relu", "relu6"}  # fused into the producer before requantization
-DATA_MOVEMENT = {"slice", "pad", "flatten", "maxpool", "identity"}  # keep values on the input grid
-
-_MODULE_KINDS: tuple[tuple[type, str], ...] = (
-    (FakeQuantize, "quant"), (QConv2d, "conv"), (QLinear, "linear"), (nn.Conv2d, "conv"), (nn.Linear, "linear"),
-    (nn.BatchNorm2d, "bn"), (nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.MaxPool2d, "maxpool"),
-    (nn.AvgPool2d, "avgpool"), (nn.Flatten, "flatten"), (nn.Identity, "identity"), (nn.Dropout, "identity"),
-)
-_FUNCTION_KINDS = {
-    torch.cat: "cat", torch.concat: "cat", torch.flatten: "flatten", F.relu: "relu", torch.relu: "relu",
-    F.relu6: "relu6", F.max_pool2d: "maxpool", F.pad: "pad", operator.getitem: "slice",
-    operator.add: "add", torch.add: "add", operator.iadd: "add", F.adaptive_avg_pool2d: "gap",
-}
-_METHOD_KINDS = {"flatten": "flatten", "relu": "relu", "add": "add", "contiguous": "identity"}
-
-
-def _is_global_pool(output_size) -> bool:
-    return output_size in (1, (1, 1), [1, 1])
-
-
-def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    """A short name for what ``node`` computes ("conv", "add", "slice", ...; "other" if unknown)."""
-    if node.op in ("placeholder", "output", "get_attr"):
-        return {"placeholder": "input", "output": "output", "get_attr": "attr"}[node.op]
-    if node.op == "call_module":
-        module = modules[node.target]
-        if isinstance(module, nn.AdaptiveAvgPool2d):
-            return "gap" if _is_global_pool(module.output_size) else "other"
-        if isinstance(module, nn.Hardtanh) and (module.min_val, module.max_val) == (0.0, 6.0):
-            return "relu6"
-        return next((kind for cls, kind in _MODULE_KINDS if isinstance(module, cls)), "other")
-    kind = (_FUNCTION_KINDS.get(node.target, "other") if node.op == "call_function"
-            else _METHOD_KINDS.get(node.target, "other"))
-    return _refine(kind, node)
-
-
-def _refine(kind: str, node: fx.Node) -> str:
-    """Demote ops whose arguments the integer path cannot take (scalar adds, non-zero padding, ...)."""
-    if kind == "add" and not all(isinstance(a, fx.Node) for a in node.args[:2]):
-        return "other"
-    if kind == "slice":
-        index = node.args[1]
-        index = index if isinstance(index, tuple) else (index,)
-        return "slice" if all(isinstance(i, slice) for i in index) else "other"
-    if kind == "pad":
-        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
-        return "pad" if mode == "constant" and not value else "other"
-    if kind == "gap":
-        size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
-        return "gap" if _is_global_pool(size) else "other"
-    return kind
-
-
-def tensor_inputs(node: fx.Node) -> list[fx.Node]:
-    """The tensor arguments of an op (the list for concat)."""
-    first = node.args[0] if node.args else node.kwargs.get("tensors", node.kwargs.get("input"))
-    if isinstance(first, (list, tuple)):
-        return [a for a in first if isinstance(a, fx.Node)]
-    inputs = [first] if isinstance(first, fx.Node) else []
-    if node.op == "call_function" and node.target in (operator.add, torch.add, operator.iadd):
-        inputs += [a for a in node.args[1:2] if isinstance(a, fx.Node)]
-    return inputs
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -147,13 +81,13 @@ def fold_batchnorm(gm: fx.GraphModule, use_stats: bool = True) -> list[str]:
 
 def data_source(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
     """Walk back through data-movement ops to the node whose values (and grid) ``node`` carries."""
-    while op_kind(node, modules) in DATA_MOVEMENT:
+    while role(node, modules) is Role.MOVEMENT:
         node = node.args[0]
     return node
 
 
 def _fused_end(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
-    while len(node.users) == 1 and op_kind(next(iter(node.users)), modules) in ACTIVATIONS:
+    while len(node.users) == 1 and role(next(iter(node.users)), modules) is Role.ACTIVATION:
         node = next(iter(node.users))
     return node
 
@@ -163,13 +97,12 @@ def quant_points(gm: fx.GraphModule) -> list[fx.Node]:
     modules = dict(gm.named_modules())
     points: dict[fx.Node, None] = {}
     for node in gm.graph.nodes:
-        kind = op_kind(node, modules)
-        if kind == "input" or kind in PRODUCERS:
+        if role(node, modules) in (Role.SOURCE, Role.INTEGER):
             end = _fused_end(node, modules)
             if any(user.op != "output" for user in end.users):
                 points[end] = None
     for node in gm.graph.nodes:
-        if op_kind(node, modules) in CONSUMERS:
+        if role(node, modules) is Role.INTEGER:
             for arg in tensor_inputs(node):
                 points.setdefault(data_source(arg, modules), None)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}

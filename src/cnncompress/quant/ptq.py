@@ -29,6 +29,7 @@ from .graph import (
     set_mode,
     trace,
 )
+from .rewrite import rewrite_for_integers
 
 
 @dataclass
@@ -96,6 +97,7 @@ def prepare(model: nn.Module, config: QuantConfig, fold_stats: bool = True) -> f
     """
     gm = trace(model)
     fold_batchnorm(gm, use_stats=fold_stats)
+    rewrite_for_integers(gm)
     if config.cle:
         equalize(gm, relu6_to_relu=config.cle_relu6)
     insert_quantizers(gm, config.weight_bits, config.act_bits, config.per_channel, config.layer_bits,
