@@ -7,9 +7,9 @@ the stage has one to give). See README.md for the command line.
 __version__ = "0.1.0"
 
 from .analysis import CostReport, count_macs, measure_latency, profile
-from .data import ImageSet, load_dataset
+from .data import ImageSet, as_image_set, load_dataset
 from .encode import read_cnnc, write_cnnc
-from .export import export_onnx, export_onnx_fp32
+from .export import export_c, export_onnx, export_onnx_fp32
 from .models import ModelSpec, build_model, load_model, save_checkpoint
 from .pipeline import BudgetInfeasible, CompressionResult, CompressOptions, compress
 from .plan import Budget, DeviceProfile, Infeasible, Plan, list_devices, load_device
@@ -19,8 +19,9 @@ from .train import TrainConfig, evaluate, fit
 
 __all__ = [
     "Budget", "BudgetInfeasible", "CompressOptions", "CompressionResult", "CostReport", "DeviceProfile",
-    "ImageSet", "Infeasible", "ModelSpec", "Plan", "TrainConfig", "__version__", "build_model", "compress",
-    "count_macs", "evaluate", "export_onnx", "export_onnx_fp32", "fit", "list_devices", "load_dataset",
+    "ImageSet", "Infeasible", "ModelSpec", "Plan", "TrainConfig", "__version__", "as_image_set", "build_model",
+    "compress",
+    "count_macs", "evaluate", "export_c", "export_onnx", "export_onnx_fp32", "fit", "list_devices", "load_dataset",
     "load_device", "load_model", "make_permanent", "measure_latency", "profile", "prune_channels",
     "prune_weights", "qat", "quantize", "read_cnnc", "save_checkpoint", "write_cnnc",
 ]

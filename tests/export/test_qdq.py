@@ -9,36 +9,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from cnncompress.export.onnx_qdq import OnnxRuntimeModule, export_onnx, weight_storage_bytes
 from cnncompress.models import build_model
 from cnncompress.quant import act_quantizers, quant_layers, quantize, set_mode
-
-
-class OddNet(nn.Module):
-    """Depthwise conv, ReLU6, residual add, channel concat, option-A shortcut, pooling, a 1x1 conv."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(8)
-        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-        self.act = nn.ReLU6()
-        self.pw = nn.Conv2d(8, 8, 1)
-        self.side = nn.Conv2d(8, 4, 3, stride=2, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.head = nn.Conv2d(12, 16, 1)
-        self.fc = nn.Linear(16, 5)
-
-    def forward(self, x):
-        x = F.relu(self.bn(self.stem(x)))
-        y = self.pw(self.act(self.dw(x))) + x  # residual add
-        short = F.pad(y[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2))  # option-A shortcut: slice + zero pad
-        z = torch.cat([self.pool(y), self.side(y) + short[:, :4]], dim=1)  # concat of different grids
-        z = self.head(z)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(z, 1), 1))
+from opnets import OddNet
 
 
 def _calib(n=64, seed=0):

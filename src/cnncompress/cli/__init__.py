@@ -16,7 +16,7 @@ from ..utils import shorten
 from .common import EXIT_ERROR, CLIError, add_common, setup_logging
 
 # Each module has register(subparsers); adding a command means adding its module here.
-COMMAND_MODULES = ("basic", "prune", "encode", "quantize", "compress")
+COMMAND_MODULES = ("basic", "prune", "encode", "quantize", "compress", "export_c")
 
 # Exceptions whose message is written for the user; any other (an IndexError, ...) is reported with its
 # type name, for a bug report. Either way one line, exit 1; --verbose logs the traceback.

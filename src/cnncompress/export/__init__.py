@@ -1,5 +1,6 @@
-"""Deployment exports: fp32 ONNX, integer (QDQ) ONNX run by onnxruntime."""
+"""Deployment exports: fp32 ONNX, integer (QDQ) ONNX run by onnxruntime, C99 integer code."""
 
+from .c import export_c
 from .onnx_fp32 import export_onnx_fp32
 from .onnx_qdq import (
     Agreement,
@@ -13,5 +14,5 @@ from .onnx_qdq import (
     weight_storage_bytes,
 )
 
-__all__ = ["Agreement", "ExportReport", "NodeRun", "OnnxRuntimeModule", "compare_top1", "export_onnx",
+__all__ = ["Agreement", "ExportReport", "NodeRun", "OnnxRuntimeModule", "compare_top1", "export_c", "export_onnx",
            "export_onnx_fp32", "export_onnx_report", "export_plan", "weight_storage_bytes"]

@@ -29,13 +29,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..analysis.inputs import ExampleInput, eval_mode, one_image
 from ..data import ImageSet
-from ..quant.graph import act_quantizers, quant_layers, set_mode, tensor_inputs
+from ..quant.graph import check_quantized, quant_layers, set_mode, tensor_inputs
 from ..quant.ops import op_kind
 from ..quant.ptq import QuantConfig, prepare
 from ..utils import atomic_path, check_finite
 from .onnx_fp32 import INPUT_NAME, OPSET, OUTPUT_NAME
 from .qdq_ops import EMITTERS, Builder, Emission, OnnxOp, Runs, Value, export_generic
-from .qdq_ops import pool_attributes as _pool_args  # noqa: F401  (export/c reads it from here)
 
 _GENERIC = OnnxOp(export_generic, Runs.FLOAT)
 _NO_TENSOR = ("attr", "shape")
@@ -164,20 +163,12 @@ def _build_model(qmodel: fx.GraphModule, example: torch.Tensor) -> tuple[onnx.Mo
     return model, runs
 
 
-def _check_quantized(qmodel: nn.Module) -> None:
-    if not hasattr(qmodel, "quant_config") or not isinstance(qmodel, fx.GraphModule):
-        raise ValueError("export_onnx needs a model returned by cnncompress.quant.quantize or qat")
-    modes = {q.mode for _, q in act_quantizers(qmodel)} | {l.weight_quant.mode for _, l in quant_layers(qmodel)}
-    if modes != {"quant"}:
-        raise ValueError(f"export_onnx needs every quantizer calibrated and on; found modes {sorted(modes)}")
-
-
 def export_onnx_report(qmodel: fx.GraphModule, path: str | os.PathLike, example_input: ExampleInput
                        ) -> ExportReport:
     """Write ``qmodel`` as a self-contained QDQ ONNX file (checked by ``onnx.checker``), atomically;
     report which nodes run in float."""
     check_finite(qmodel, "export")
-    _check_quantized(qmodel)
+    check_quantized(qmodel, "export_onnx")
     model, runs = _build_model(qmodel, one_image(example_input, next(qmodel.parameters()).device))
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -198,6 +198,15 @@ def act_quantizers(model: nn.Module) -> Iterator[tuple[str, FakeQuantize]]:
             if isinstance(m, FakeQuantize) and not n.endswith("weight_quant"))
 
 
+def check_quantized(qmodel: nn.Module, exporter: str) -> None:
+    """Exporters read codes off calibrated quantizers; refuse a float model or a half-calibrated one."""
+    if not hasattr(qmodel, "quant_config") or not isinstance(qmodel, fx.GraphModule):
+        raise ValueError(f"{exporter} needs a model returned by cnncompress.quant.quantize or qat")
+    modes = {q.mode for _, q in act_quantizers(qmodel)} | {l.weight_quant.mode for _, l in quant_layers(qmodel)}
+    if modes != {"quant"}:
+        raise ValueError(f"{exporter} needs every quantizer calibrated and on; found modes {sorted(modes)}")
+
+
 def set_mode(model: nn.Module, weights: Mode, acts: Mode) -> None:
     """Switch weight and activation quantizers; the int32 bias is simulated only when both quantize."""
     for _, layer in quant_layers(model):

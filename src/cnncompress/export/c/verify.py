@@ -1,0 +1,65 @@
+"""The proof an export computes what was simulated: the host build against the integer reference
+(bit for bit) on a whole test set, agreement with the simulation and with onnxruntime, and
+optionally the Cortex-M firmware in QEMU against the host build."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+
+from ...analysis.inputs import eval_mode
+from ...data import ImageSet
+from ..onnx_qdq import OnnxRuntimeModule, export_onnx
+from .agreement import OutputAgreement, compare_logits
+from .codegen import CExport
+from .firmware import McuRun, run_on_mcu
+from .host import HostModel
+from .ir import run_program
+
+
+@dataclass(frozen=True)
+class CVerification:
+    images: int
+    host_equals_reference: bool  # every int8 output of the gcc build equals the numpy integer reference
+    top1_c: float  # accuracy (percent) of the C build's argmax
+    vs_simulation: OutputAgreement
+    vs_onnxruntime: OutputAgreement
+    mcu: McuRun | None = None
+    mcu_equals_host: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"images": self.images, "host_equals_reference": self.host_equals_reference, "top1_c": self.top1_c,
+               "vs_simulation": self.vs_simulation.to_dict(), "vs_onnxruntime": self.vs_onnxruntime.to_dict()}
+        if self.mcu is not None:
+            out.update(mcu=self.mcu.to_dict(), mcu_equals_host=self.mcu_equals_host)
+        return out
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    with eval_mode(model):
+        return torch.cat([model(batch) for batch in x.split(256)]).numpy()
+
+
+def verify_export(record: CExport, qmodel: fx.GraphModule, test: ImageSet, build_dir: str | os.PathLike,
+                  mcu_target: str | None = None, mcu_images: int = 100) -> CVerification:
+    """Run the exported C on every image of ``test`` (host) and on the first ``mcu_images`` (emulated MCU)."""
+    build = Path(build_dir)
+    x, y = next(test.batches(len(test)))
+    codes = record.input_grid.quantize(x.numpy())
+    host = HostModel(record.output_dir, build / "host").run(codes, record.output_size)
+    same = bool(np.array_equal(host, run_program(record.program, codes)))
+    onnx = OnnxRuntimeModule(export_onnx(qmodel, build / "model.onnx", record.input_shape))
+    mcu = equal = None
+    if mcu_target is not None:
+        n = min(mcu_images, len(codes))
+        mcu = run_on_mcu(record.output_dir, codes[:n], record.output_size, build / mcu_target, mcu_target)
+        equal = bool(np.array_equal(mcu.outputs, host[:n]))
+    return CVerification(len(codes), same, 100 * float((host.argmax(1) == y.numpy()).mean()),
+                         compare_logits(host, _logits(qmodel, x), record.output_grid),
+                         compare_logits(host, _logits(onnx, x), record.output_grid), mcu, equal)
