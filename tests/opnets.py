@@ -295,3 +295,8 @@ class OddNet(nn.Module):
 
     def tail(self, z: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.head(z), 1), 1))
+
+
+def build(name: str) -> nn.Module:
+    """A user-style factory over the table, for specs (``ModelSpec("<this file>:build", {"name": ...})``)."""
+    return OPNETS[name]()

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from plan_helpers import ResDepthNet, layer_weights
 from torch import nn
 
@@ -13,6 +14,8 @@ from cnncompress.analysis import profile
 from cnncompress.graph import build_channel_graph
 from cnncompress.models import build_model
 from cnncompress.plan import Choice, CostModel, FlashFormat, kept_channels
+from cnncompress.prune import prune_channels
+from opnets import OPNETS
 
 
 def test_groups_ties_and_full_width_figures_match_the_profiler():
@@ -110,3 +113,43 @@ def test_choice_validation():
     with pytest.raises(ValueError, match="keep ratio"):
         kept_channels(8, 0.0)
     assert kept_channels(8, 0.01) == 1
+
+
+def _plan_and_prune(model: nn.Module, shape: tuple[int, ...], keep: float):
+    """Predict a uniform keep ratio, then prune the groups the planner named as a pruning stage does."""
+    cost = CostModel.from_model(model, shape)
+    choice = Choice(keep={g: keep for g in cost.groups}, act_bits=8)
+    per_layer = {layer: 1 - keep for g in cost.groups for layer in cost.group_layers(g)}
+    pruned = prune_channels(model, shape, ratio=0.0, per_layer=per_layer)
+    return cost, cost.predict(choice), profile(pruned, shape, act_bits=8), pruned
+
+
+#: nets whose every prunable group covers only part of an axis (one side of a chunk or concat): the
+#: planner keeps them at full width and names them in ``unplanned``
+PARTIAL_ONLY = {"densenet", "shufflenet", "split_sizes"}
+
+
+@pytest.mark.parametrize("name", sorted(OPNETS))
+def test_plans_on_every_operator_family_are_what_the_pruner_builds(name):
+    """The planner sizes the pruner's own groups: MACs and weights of the pruned model exactly,
+    RAM never under (a group that covers part of an activation is planned at full width)."""
+    torch.manual_seed(0)
+    cost, predicted, measured, pruned = _plan_and_prune(OPNETS[name]().eval(), (1, 8, 8), 0.5)
+    assert bool(cost.groups) == (name not in PARTIAL_ONLY)
+    assert cost.unplanned or name not in PARTIAL_ONLY
+    assert predicted.macs == measured.macs
+    assert predicted.weights == layer_weights(pruned)
+    assert predicted.ram_bytes >= measured.peak_activation_bytes
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("mobilenetv3_small", {"width_mult": 0.25}), ("shufflenetv2", {"width_mult": 0.5}),
+    ("resnet_gn", {"depth": 8, "num_groups": 4}), ("regnet_cifar", {"width_mult": 0.25, "group_width": 4}),
+    ("densenet_cifar", {"depth": 10, "growth_rate": 4}), ("efficientnet_b0", {"width_mult": 0.25, "depth_mult": 0.2}),
+])
+def test_plans_on_the_zoo_networks_are_what_the_pruner_builds(name, kwargs):
+    torch.manual_seed(0)
+    cost, predicted, measured, pruned = _plan_and_prune(build_model(name, **kwargs).eval(), (3, 32, 32), 0.5)
+    assert cost.groups
+    assert predicted.macs == measured.macs and predicted.weights == layer_weights(pruned)
+    assert predicted.ram_bytes >= measured.peak_activation_bytes

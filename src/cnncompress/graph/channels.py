@@ -102,6 +102,7 @@ class ChannelGraph:
     kept: list[dict[str, Any]] = field(default_factory=list)  # kept channel sets: members and reasons
     calls: list[LayerCall] = field(default_factory=list)
     other_macs: int = 0  # MACs of operations outside conv/linear calls (their channels are fixed)
+    node_groups: dict[str, int] = field(default_factory=dict)  # node -> the one group all its channels are in
 
     def to_dict(self) -> dict[str, Any]:
         return {"groups": [g.to_dict() for g in self.groups],
@@ -308,14 +309,16 @@ def build_channel_graph(model: nn.Module, example_input: ExampleInput, leaf_modu
     for b in bindings:
         if b.role != "in" and _matches(b.module, exclude):
             builder.fix(f"excluded by the user ({b.module})", builder.node_by_name[b.node])
-    groups, kept = _groups(builder, bindings)
+    groups, kept, node_groups = _groups(builder, bindings)
     types = {n: type(m).__name__ for n, m in modules.items()}
     other = sum(n.meta.get("macs", 0) for n in graph.nodes)
-    return ChannelGraph(groups, bindings, dict(builder.reasons), types, kept, builder.calls, other)
+    return ChannelGraph(groups, bindings, dict(builder.reasons), types, kept, builder.calls, other, node_groups)
 
 
-def _groups(builder: Builder, bindings: list[Binding]) -> tuple[list[ChannelGroup], list[dict[str, Any]]]:
-    """Prunable groups, and the kept channel sets with the reasons that fixed them."""
+def _groups(builder: Builder, bindings: list[Binding]
+            ) -> tuple[list[ChannelGroup], list[dict[str, Any]], dict[str, int]]:
+    """Prunable groups, the kept channel sets with the reasons that fixed them, and the nodes whose
+    channels all lie in one group (their activations shrink with it)."""
     roots = builder.uf.roots()
     fixed_reasons: dict[int, set[str]] = defaultdict(set)
     for e, reason in builder.fixed.items():
@@ -333,11 +336,17 @@ def _groups(builder: Builder, bindings: list[Binding]) -> tuple[list[ChannelGrou
             kept[signature] |= fixed_reasons[root]
         elif any(bindings[k].role != "pad" for k in per_binding):
             by_signature[signature].append(root)
-    groups = []
+    groups, group_of_root = [], {}
     for signature, group_roots in sorted(by_signature.items()):
         group_roots.sort(key=lambda r: members[r][signature[0]][0])
         index = [[members[r][k] for r in group_roots] for k in signature]
+        group_of_root.update(dict.fromkeys(group_roots, len(groups)))
         groups.append(ChannelGroup(len(groups), [bindings[k] for k in signature], index))
     kept_sets = [{"members": [f"{bindings[k].module}.{bindings[k].role}" for k in signature],
                   "reasons": sorted(reasons)} for signature, reasons in sorted(kept.items())]
-    return groups, kept_sets
+    node_groups = {}
+    for name, start in builder.offset.items():
+        owners = {group_of_root.get(r) for r in roots[start:start + builder.size[name]]}
+        if len(owners) == 1 and None not in owners:
+            node_groups[name] = owners.pop()
+    return groups, kept_sets, node_groups

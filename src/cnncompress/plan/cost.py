@@ -7,36 +7,28 @@ lifetime (the profiler's live-tensor analysis). A candidate (``Choice``: keep ra
 bits and sparsity per layer, one activation width) is then costed with integer arithmetic that
 matches what ``analysis.profile`` reports for the physically shrunk model.
 
-Channel groups: channels that must keep the same count (a conv's outputs, the BN/ReLU/pool after
-it, everything added to it in a residual sum, a depthwise conv's both sides). The default derivation
-below is conservative: any op that changes the channel count other than conv/linear (concatenation,
-channel padding as in option-A ResNet shortcuts) or any unrecognised module fixes the channels it
-touches, as do the model input and output. A pruning stage with a full channel graph can pass its
-own grouping instead (``CostModel(layers, buffers, ...)``).
+Channel groups are the pruner's own (:func:`cnncompress.graph.build_channel_graph`), so a plan names
+exactly what a pruning stage can remove. The planner takes the groups that cover every parameter axis
+they touch (a conv's outputs, the BN after it, the inputs of its consumers, a grouped conv's whole
+groups); a group that covers part of an axis (one side of a chunk, one input of a concat) is planned
+at full width, a conservative prediction, and listed in ``CostModel.unplanned``. A group is named by
+the first layer that produces it and counted in its units (one unit of a grouped conv's group is a
+whole conv group).
 """
 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-from torch import fx, nn
+from torch import nn
 
-from ..analysis.activations import live_buffers
-from ..analysis.cost import layer_macs
+from ..analysis.activations import LiveBuffer, live_buffers
 from ..analysis.inputs import ExampleInput, model_device, one_image
+from ..graph import ChannelGraph, build_channel_graph
 
-FIXED = "<fixed>"  # label of channels no plan may change
-_CHANNEL_PRESERVING = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.SiLU,
-    nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.ELU, nn.MaxPool1d, nn.MaxPool2d,
-    nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten,
-)
 _FOLDED = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # folded into the conv at export
 
 
@@ -51,10 +43,10 @@ class LayerSpec:
     macs: int
     in_group: str | None
     out_group: str | None
-    depthwise: bool = False
+    depthwise: bool = False  # any grouped conv: whole groups go, so its cost follows its outputs alone
 
     def scaled(self, value: int, kept_in: int, kept_out: int) -> int:
-        """``value`` (weights or MACs) with kept input/output channels; exact for ungrouped layers."""
+        """``value`` (weights or MACs) with kept input/output channels (in their groups' units)."""
         if self.depthwise:
             return value * kept_out // self.out_channels
         return value * kept_in * kept_out // (self.in_channels * self.out_channels)
@@ -147,8 +139,9 @@ class CostModel:
 
     def __init__(self, layers: list[LayerSpec], buffers: list[ActivationBuffer], groups: Mapping[str, int],
                  steps: int, flash: FlashFormat | None = None, extra_flash_bytes: int = 0,
-                 scratch_bytes: int = 0) -> None:
+                 scratch_bytes: int = 0, unplanned: list[str] | None = None) -> None:
         self.layers = layers
+        self.unplanned = list(unplanned or [])
         self.buffers = buffers
         self.groups = dict(groups)
         self.steps = steps
@@ -168,16 +161,18 @@ class CostModel:
     def from_model(cls, model: nn.Module, example_input: ExampleInput, flash: FlashFormat | None = None,
                    scratch_bytes: int = 0) -> CostModel:
         """Trace ``model`` once on one image shaped like ``example_input`` and record its costs."""
-        gm, live = live_buffers(model, one_image(example_input, model_device(model)))
-        labels = _ChannelLabels(gm)
-        layers = labels.layers()
-        groups = labels.group_channels(layers)
+        example = one_image(example_input, model_device(model))
+        graph = build_channel_graph(model, example)
+        planned = _planned_groups(graph)
+        layers = _layer_specs(model, graph, planned)
+        groups = {name: graph.groups[g].size for g, name in planned.items()}
+        gm, live = live_buffers(model, example)
         nodes = list(gm.graph.nodes)
-        buffers = [labels.buffer(nodes[b.first], b.elements, b.first, b.last, groups)
-                   for b in live]
-        layer_names = set(labels.layer_names)
+        buffers = [_buffer(graph, planned, nodes[b.first].name, b) for b in live]
+        layer_names = {layer.name for layer in layers}
         extra = sum(_extra_param_bytes(m) for n, m in model.named_modules() if n not in layer_names)
-        return cls(layers, buffers, groups, len(nodes), flash, extra, scratch_bytes)
+        unplanned = [g.modules[0] for g in graph.groups if g.id not in planned and g.modules]
+        return cls(layers, buffers, groups, len(nodes), flash, extra, scratch_bytes, unplanned)
 
     def group_layers(self, group: str) -> list[str]:
         """Layers whose output channels form ``group`` (what a pruning stage prunes for it)."""
@@ -246,7 +241,8 @@ class CostModel:
         """Layers, groups and overheads (buffers summarised) for reports."""
         return {"layers": [asdict(layer) for layer in self.layers], "groups": dict(self.groups),
                 "buffers": len(self.buffers), "flash_format": asdict(self.flash),
-                "extra_flash_bytes": self.extra_flash_bytes, "scratch_bytes": self.scratch_bytes}
+                "extra_flash_bytes": self.extra_flash_bytes, "scratch_bytes": self.scratch_bytes,
+                "unplanned_groups": self.unplanned}
 
 
 def _extra_param_bytes(module: nn.Module) -> int:
@@ -256,157 +252,40 @@ def _extra_param_bytes(module: nn.Module) -> int:
     return sum(p.numel() * 4 for p in module.parameters(recurse=False))
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {FIXED: FIXED}
-
-    def add(self, item: str) -> str:
-        self.parent.setdefault(item, item)
-        return item
-
-    def find(self, item: str) -> str:
-        while self.parent[item] != item:
-            self.parent[item] = self.parent[self.parent[item]]
-            item = self.parent[item]
-        return item
-
-    def union(self, *items: str) -> str:
-        roots = {self.find(i) for i in items}
-        root = FIXED if FIXED in roots else min(roots, key=list(self.parent).index)
-        for r in roots:
-            self.parent[r] = root
-        return root
+def _planned_groups(graph: ChannelGraph) -> dict[int, str]:
+    """Group id -> name of the groups the planner sizes: produced by a layer, covering every axis they touch."""
+    planned = {}
+    for group in graph.groups:
+        whole = all(sum(map(len, index)) == binding.size and len({len(i) for i in index}) == 1
+                    for binding, index in zip(group.bindings, group.index, strict=True))
+        if whole and group.modules:
+            planned[group.id] = group.modules[0]
+    return planned
 
 
-_ELEMENTWISE = {operator.add, operator.mul, operator.sub, operator.iadd, operator.imul, torch.add, torch.mul,
-                torch.sub, "add", "add_", "mul", "mul_", "sub", "sub_"}
+def _layer_specs(model: nn.Module, graph: ChannelGraph, planned: dict[int, str]) -> list[LayerSpec]:
+    """Full-width figures of every conv/linear call, each side in its planned group's units or fixed."""
+    side = {(b.module, b.role): (planned[g.id], g.size) for g in graph.groups if g.id in planned
+            for b in g.bindings if b.role in ("in", "out")}
+    macs: dict[str, int] = {}
+    for call, count in zip(graph.calls, graph.call_macs(model), strict=True):
+        macs[call.module] = macs.get(call.module, 0) + count
+    specs = []
+    for name, count in macs.items():
+        module = model.get_submodule(name)
+        weight, grouped = module.weight, getattr(module, "groups", 1) > 1
+        out_group, out_units = side.get((name, "out"), (None, weight.shape[0]))
+        in_group, in_units = side.get((name, "in"), (None, weight.shape[1] * getattr(module, "groups", 1)))
+        if grouped:  # its inputs are tied to its outputs group by group
+            in_group, in_units = out_group, out_units
+        specs.append(LayerSpec(name, in_units, out_units, weight.numel(), count, in_group, out_group, grouped))
+    return specs
 
 
-class _ChannelLabels:
-    """Label every fx node's output channels with a group (union-find), recording conv/linear layers."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.gm = gm
-        self.uf = _UnionFind()
-        self.label: dict[fx.Node, str] = {}
-        self.raw_layers: list[tuple[str, nn.Module, str, str, int, bool]] = []
-        self.layer_names: list[str] = []
-        modules = dict(gm.named_modules())
-        for node in gm.graph.nodes:
-            self._visit(node, modules)
-
-    @staticmethod
-    def _shape(node: fx.Node) -> tuple[int, ...] | None:
-        meta = node.meta.get("tensor_meta")
-        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-    def _inputs(self, node: fx.Node) -> list[fx.Node]:
-        return [n for n in node.all_input_nodes if n in self.label]
-
-    def _visit(self, node: fx.Node, modules: dict[str, nn.Module]) -> None:
-        if node.op == "placeholder":
-            self.label[node] = FIXED
-        elif node.op == "output":
-            self.uf.union(FIXED, *(self.label[n] for n in self._inputs(node)))
-        elif node.op == "call_module":
-            self._module(node, modules[str(node.target)])
-        elif node.op in ("call_function", "call_method") and self._shape(node) is not None:
-            self._function(node)
-
-    def _module(self, node: fx.Node, module: nn.Module) -> None:
-        inputs = self._inputs(node)
-        source = self.label[inputs[0]] if inputs else FIXED
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            self.label[node] = self._layer(node, module, inputs[0], source)
-        elif isinstance(module, _CHANNEL_PRESERVING):
-            self.label[node] = source
-        else:
-            self.uf.union(FIXED, *(self.label[n] for n in inputs))
-            self.label[node] = FIXED
-
-    def _layer(self, node: fx.Node, module: nn.Module, source_node: fx.Node, source: str) -> str:
-        """Record a conv/linear call and return the label of its output channels."""
-        name = str(node.target)
-        if name in self.layer_names:
-            raise ValueError(f"layer {name!r} runs more than once (shared weights); the cost model needs "
-                             "one call per layer")
-        in_shape, out_shape = self._shape(source_node), self._shape(node)
-        macs = layer_macs(module, (torch.empty(in_shape, device="meta"),), torch.empty(out_shape, device="meta"))
-        groups = getattr(module, "groups", 1)
-        depthwise = groups > 1 and groups == module.in_channels == module.out_channels
-        if depthwise:
-            out = source
-        elif groups > 1:  # grouped conv: widths must stay multiples of the group count; leave them
-            source = out = self.uf.union(source, FIXED)
-        else:
-            out = self.uf.add(name)
-        self.raw_layers.append((name, module, source, out, macs, depthwise))
-        self.layer_names.append(name)
-        return out
-
-    def _function(self, node: fx.Node) -> None:
-        inputs = [n for n in self._inputs(node) if self._shape(n) is not None]
-        if not inputs:
-            self.label[node] = FIXED
-            return
-        out_shape = self._shape(node)
-        same = all(_channels(self._shape(n)) == _channels(out_shape) for n in inputs)
-        if len(inputs) == 1 and _is_flatten(self._shape(inputs[0]), out_shape):
-            self.label[node] = self.label[inputs[0]]
-        elif same and (len(inputs) == 1 or node.target in _ELEMENTWISE):
-            self.label[node] = self.uf.union(*(self.label[n] for n in inputs))
-        else:
-            self.uf.union(FIXED, *(self.label[n] for n in inputs))
-            self.label[node] = FIXED
-
-    def group_of(self, label: str) -> str | None:
-        root = self.uf.find(label)
-        return None if root == FIXED else root
-
-    def layers(self) -> list[LayerSpec]:
-        out = []
-        for name, module, src, dst, macs, depthwise in self.raw_layers:
-            weight = module.weight
-            in_c = weight.shape[1] * getattr(module, "groups", 1)
-            out_c = weight.shape[0]
-            in_group, out_group = self.group_of(src), self.group_of(dst)
-            out.append(LayerSpec(name, in_c, out_c, weight.numel(), macs, in_group, out_group, depthwise))
-        return self._resolve_flatten(out)
-
-    def _resolve_flatten(self, layers: list[LayerSpec]) -> list[LayerSpec]:
-        """A linear layer after a flatten sees C*H*W features: count its input in channels of C."""
-        by_name = {layer.name: layer for layer in layers}
-        resolved = []
-        for layer in layers:
-            if layer.in_group is not None and not layer.depthwise:
-                channels = by_name[layer.in_group].out_channels
-                if layer.in_channels % channels:
-                    raise ValueError(f"layer {layer.name}: {layer.in_channels} inputs do not split into "
-                                     f"{channels} channels of group {layer.in_group}")
-                layer = LayerSpec(layer.name, channels, layer.out_channels, layer.weights, layer.macs,
-                                  layer.in_group, layer.out_group)
-            resolved.append(layer)
-        return resolved
-
-    def group_channels(self, layers: list[LayerSpec]) -> dict[str, int]:
-        return {layer.out_group: layer.out_channels for layer in layers
-                if layer.out_group is not None and layer.out_group == layer.name}
-
-    def buffer(self, node: fx.Node, elements: int, first: int, last: int, groups: Mapping[str, int]
-               ) -> ActivationBuffer:
-        label = self.label.get(node, FIXED)
-        group = self.group_of(label) if label != FIXED else None
-        channels = groups.get(group, 0) if group else 0
-        if group is None or not channels or elements % channels:
-            return ActivationBuffer(elements, 1, None, first, last)
-        return ActivationBuffer(elements, channels, group, first, last)
-
-
-def _is_flatten(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> bool:
-    """(N, C, ...) -> (N, C*...): channels stay proportional to the features."""
-    return (before is not None and after is not None and len(before) > 2 and len(after) == 2
-            and after[1] == math.prod(before[1:]))
-
-
-def _channels(shape: tuple[int, ...] | None) -> int | None:
-    return shape[1] if shape is not None and len(shape) >= 2 else None
+def _buffer(graph: ChannelGraph, planned: dict[int, str], node: str, live: LiveBuffer) -> ActivationBuffer:
+    """An activation whose channels all lie in one planned group shrinks with it; any other stays."""
+    group = graph.node_groups.get(node)
+    units = graph.groups[group].size if group in planned else 0
+    if not units or live.elements % units:
+        return ActivationBuffer(live.elements, 1, None, live.first, live.last)
+    return ActivationBuffer(live.elements, units, planned[group], live.first, live.last)
