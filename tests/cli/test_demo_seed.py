@@ -31,3 +31,12 @@ def test_demo_baseline_is_the_same_for_the_same_seed(tmp_path, monkeypatch, digi
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
     assert torch.load(tmp_path / "a.pt", weights_only=True)["meta"]["seed"] == 0
+
+
+def test_demo_says_what_it_skipped_without_the_toolchain(monkeypatch, tmp_path) -> None:
+    import cnncompress.cli.compress as cli_compress
+
+    monkeypatch.setattr(cli_compress, "missing_tools", lambda: ["qemu-system-arm"])
+    mcu = cli_compress._demo_on_mcu(None, None, None, tmp_path / "c")
+    assert "qemu-system-arm not found" in cli_compress._render_mcu(mcu, [])
+    assert not (tmp_path / "c").exists()

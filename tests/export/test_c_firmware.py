@@ -59,3 +59,19 @@ def test_a_model_larger_than_the_device_fails_to_link(tmp_path: Path) -> None:
     codes = record.input_grid.quantize(calib[:1].numpy())
     with pytest.raises(RuntimeError, match=r"cortex-m4 firmware: ld: .*will not fit in region .RAM"):
         run_on_mcu(record.output_dir, codes, record.output_size, tmp_path / "build", "cortex-m4")
+
+
+def test_demo_ends_on_the_emulated_cortex_m4(exported, digits_cnn8, calib, digits_split, tmp_path) -> None:
+    """The demo's last step: the compressed model as C on QEMU, flash and RAM off the firmware, next to the limits."""
+    from types import SimpleNamespace
+
+    from cnncompress.cli.compress import _demo_on_mcu, _render_mcu
+
+    qmodel = quantize(digits_cnn8, calib, weight_bits=4, act_bits=8)
+    mcu = _demo_on_mcu(SimpleNamespace(model=qmodel), digits_split[0], digits_split[2], tmp_path / "c")
+    assert mcu["host_equals_reference"] and mcu["mcu_equals_host"] and mcu["images"] == len(digits_split[2])
+    assert mcu["mcu"]["flash_bytes"] > mcu["const_bytes"] and mcu["mcu"]["ram_bytes"] > mcu["arena_bytes"]
+    limits = [{"figure": "flash_bytes", "limit": 1000}, {"figure": "ram_bytes", "limit": 10**6}]
+    line = _render_mcu(mcu, limits)
+    assert "does NOT fit (flash" in line and "ram" not in line.split("does NOT fit")[1].split(")")[0]
+

@@ -8,6 +8,8 @@ from typing import Any
 
 from ..analysis import profile
 from ..data import ImageSet
+from ..export.c import export_c, verify_export
+from ..export.c.firmware import missing_tools
 from ..models import ModelSpec, load_model, save_checkpoint
 from ..pipeline import BudgetInfeasible, CompressionResult, CompressOptions, compress, compress_with_recipe
 from ..plan.cli_args import add_budget_args, budget_from_args
@@ -174,8 +176,27 @@ def run_demo(args: argparse.Namespace) -> int:
     summary["seed"] = args.seed
     summary["before"] = {"flash_bytes": before.weight_bytes, "ram_bytes": before.peak_activation_bytes,
                          "macs": before.macs, "params": before.params}
+    summary["mcu"] = _demo_on_mcu(result, train, test, out / "c")
     emit(args, summary, _render_demo)
     return 0 if result.fits else EXIT_INFEASIBLE
+
+
+#: images the demo runs on the emulated Cortex-M4 (the host build checks the whole test set)
+DEMO_MCU_IMAGES = 50
+
+
+def _demo_on_mcu(result: CompressionResult, train: ImageSet, test: ImageSet, out: Path) -> dict[str, Any]:
+    """The compressed model as C on an emulated Cortex-M4: flash and RAM read off the firmware.
+
+    Skipped, and said so, where the Arm toolchain or QEMU is missing.
+    """
+    missing = missing_tools()
+    if missing:
+        return {"skipped": f"{', '.join(missing)} not found (apt-get install gcc-arm-none-eabi "
+                           "libnewlib-arm-none-eabi qemu-system-arm)"}
+    record = export_c(result.model, out, train.info.input_shape, "cortex-m4", calibration=train.take(256, seed=0))
+    check = verify_export(record, result.model, test, out.with_name("c.build"), "cortex-m4", DEMO_MCU_IMAGES)
+    return {"library": str(out), "const_bytes": record.const_bytes, **record.arena.to_dict(), **check.to_dict()}
 
 
 def _trained_baseline(spec: ModelSpec, train: ImageSet, path: Path, args: argparse.Namespace):
@@ -199,5 +220,24 @@ def _render_demo(out: dict[str, Any]) -> str:
     header = ["figure", "before (fp32)", "limit", "after (measured)", "fits"]
     verdict = "FITS the budget" if out["fits"] else "does NOT fit the budget"
     return (format_table(rows, header)
-            + f"\n\n{verdict} (seed {out['seed']}); report: {out['paths'].get('report_html', '-')}")
+            + f"\n\n{verdict} (seed {out['seed']}); report: {out['paths'].get('report_html', '-')}\n"
+            + _render_mcu(out["mcu"], out["before_after"]))
+
+
+def _render_mcu(mcu: dict[str, Any], figures: list[dict[str, Any]]) -> str:
+    if "skipped" in mcu:
+        return f"C build on an emulated Cortex-M4: skipped, {mcu['skipped']}"
+    limits = {f["figure"]: f["limit"] for f in figures}
+    run = mcu["mcu"]
+    misses = [f"{key.split('_')[0]} {format_bytes(run[key])} > {format_bytes(limits[key])}"
+              for key in ("flash_bytes", "ram_bytes") if limits.get(key) is not None and run[key] > limits[key]]
+    verdict = ("the firmware fits the limits too" if not misses else
+               "the firmware does NOT fit (" + ", ".join(misses) + "): the budget above is checked on the .cnnc "
+               "container, not on executable C")
+    return (f"C build ({mcu['library']}) on QEMU {run['board']} (Cortex-M4), measured on the firmware: flash "
+            f"{format_bytes(run['flash_bytes'])} (limit {_show('flash_bytes', limits.get('flash_bytes'))}), RAM "
+            f"{format_bytes(run['ram_bytes'])} incl. stack {format_bytes(run['stack_bytes'])} "
+            f"(limit {_show('ram_bytes', limits.get('ram_bytes'))}); top-1 {mcu['top1_c']:.2f}% on the host build "
+            f"of the same C; emulator output equals the host build on {run['images']} images: "
+            f"{'yes' if mcu['mcu_equals_host'] else 'NO'}; {verdict}")
 
