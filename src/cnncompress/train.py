@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ImageSet
+from .data import ImageSet, as_image_set
+from .data.adapt import UserData
 from .utils import NO_WEIGHT_DECAY, check_finite, seed_everything, torch_save_atomic
 
 log = logging.getLogger(__name__)
@@ -195,11 +196,19 @@ def _run_epoch(model, train: ImageSet, config, optimizer, epoch, teacher, loss_t
     return loss_sum.item() / max(seen, 1), 100.0 * correct.item() / max(seen, 1)
 
 
-def fit(model: nn.Module, train: ImageSet, config: TrainConfig, val: ImageSet | None = None,
+def fit(model: nn.Module, train: UserData, config: TrainConfig, val: UserData | None = None,
         teacher: nn.Module | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = False,
         loss_terms: Sequence[LossTerm] = (), after_step: Sequence[StepHook] = (),
         progress: bool = True) -> TrainRecord:
-    """Train ``model`` in place; checkpoint atomically after every epoch and resume from it on request."""
+    """Train ``model`` in place; checkpoint atomically after every epoch and resume from it on request.
+
+    ``train``/``val``: an ImageSet, a Dataset of (float image, label) or a DataLoader of (x, y) batches
+    (see :func:`~cnncompress.data.as_image_set`; a user's data is loaded once and batched here with
+    ``config.batch_size``, so the same images give the same run whichever form they come in).
+    """
+    train = as_image_set(train, need_labels=True, source="fit: train data", progress=progress)
+    if val is not None:
+        val = as_image_set(val, need_labels=True, source="fit: validation data", progress=progress)
     seed_everything(config.seed)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(config.device, memory_format=layout)
@@ -257,10 +266,15 @@ def _restore(path, model, optimizer, record: TrainRecord) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256, device: str = "cpu",
+def evaluate(model: nn.Module, data: UserData, batch_size: int = 256, device: str = "cpu",
              progress: bool = False) -> EvalResult:
-    """Top-1/top-5 accuracy (percent), mean loss and confusion counts of ``model`` on ``data``."""
+    """Top-1/top-5 accuracy (percent), mean loss and confusion counts of ``model`` on ``data``.
+
+    ``data``: an ImageSet, a Dataset of (float image, label) or a DataLoader of (x, y) batches. The
+    confusion matrix is square over the model's classes or the data's, whichever are more.
+    """
     check_finite(model, "evaluate")
+    data = as_image_set(data, need_labels=True, source="evaluate: data", progress=progress)
     was_training = model.training
     model.eval().to(device)
     classes = data.info.num_classes
@@ -269,6 +283,9 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256, device: st
     bar = tqdm(total=data.num_batches(batch_size), desc="evaluate", disable=not progress, leave=False)
     for x, y in data.batches(batch_size):
         logits = model(x.to(device)).float().cpu()
+        if logits.shape[1] > classes:  # a test split need not hold every class the model knows
+            confusion = F.pad(confusion, (0, logits.shape[1] - classes, 0, logits.shape[1] - classes))
+            classes = logits.shape[1]
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         confusion += torch.bincount(y * classes + logits.argmax(1), minlength=classes * classes).view(classes, classes)
         k = min(5, logits.shape[1])

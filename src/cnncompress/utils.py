@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import json
 import os
 import random
@@ -148,3 +150,31 @@ def shorten(value: object, limit: int = 80) -> str:
     if len(text) > limit:
         text = f"{text[:(limit - 5) // 2]} ... {text[-((limit - 5) // 2):]}"
     return text
+
+
+def import_callable(ref: str, what: str) -> Callable[..., Any]:
+    """The callable ``ref`` names, ``path/to/file.py:name`` or ``package.module:name``; ``what`` says what it
+    is for in errors ("model", "dataset factory"). This imports and runs code: pass only a name the user gave."""
+    target, _, attr = ref.rpartition(":")
+    if not target or not attr:
+        raise ValueError(f"{what} {ref!r} must be 'path/to/file.py:function' or 'package.module:function'")
+    if target.endswith(".py"):
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"{what} file {path} does not exist (from {ref!r})")
+        name = f"cnncompress_user_{abs(hash(str(path)))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"cannot import {path} as a Python module (from {what} {ref!r})")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ValueError(f"cannot import module {target!r} for {what} {ref!r}: {exc}") from exc
+    found = getattr(module, attr, None)
+    if not callable(found):
+        raise ValueError(f"{what} {ref!r}: {target} has no callable named {attr!r}")
+    return found

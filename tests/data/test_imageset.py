@@ -130,7 +130,7 @@ def test_augment_changes_images_and_is_seeded(digits_test):
 def test_imageset_validation_and_helpers(digits_test):
     info = DATASETS["digits"]
     with pytest.raises(ValueError, match="uint8"):
-        ImageSet(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), info)
+        ImageSet(torch.zeros(2, 1, 8, 8, dtype=torch.float64), torch.zeros(2, dtype=torch.long), info)
     with pytest.raises(ValueError, match="labels outside"):
         ImageSet(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 10]), info)
     with pytest.raises(TypeError, match="uint8"):

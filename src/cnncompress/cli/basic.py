@@ -14,6 +14,7 @@ from ..train import TrainConfig, evaluate, fit
 from .common import (
     CLIError,
     add_data_args,
+    add_dataset_option,
     add_model_args,
     check_output_file,
     dataset_name,
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     p = sub.add_parser("profile", help="parameters, MACs, weight bytes and peak activation memory, per layer")
     add_model_args(p)
     p.add_argument("--input-shape", help="C,H,W (default: the model's usual input)")
-    p.add_argument("--dataset", help="use this dataset's input shape for a user model")
+    add_dataset_option(p, "use this dataset's input shape for a user model")
     p.add_argument("--weight-bits", type=int, default=32)
     p.add_argument("--act-bits", type=int, default=32)
     add_common(p)
@@ -58,7 +59,7 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     p = sub.add_parser("benchmark", help="latency (median and spread) on torch and onnxruntime")
     add_model_args(p)
     p.add_argument("--input-shape", help="C,H,W (default: the model's usual input)")
-    p.add_argument("--dataset", help="use this dataset's input shape for a user model")
+    add_dataset_option(p, "use this dataset's input shape for a user model")
     p.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes")
     p.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=20)

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from ..data import DATASETS, ImageSet, load_dataset
+from ..data import DATASETS, ImageSet, is_factory_ref, load_dataset, load_user_dataset
 from ..models import ModelSpec, default_dataset, default_input_shape, load_model
 from ..utils import shorten
 
@@ -51,8 +51,35 @@ def add_model_args(parser: argparse.ArgumentParser, weights_required: bool = Fal
                         help="checkpoint: a cnncompress .pt or a (DataParallel) state_dict file")
 
 
+#: where the parsed arguments keep ``--dataset`` exactly as typed: the only dataset factory ever imported
+TYPED_DATASET = "_dataset_typed"
+
+
+def dataset_choice(text: str) -> str:
+    """argparse type of ``--dataset``: a built-in dataset's name or a factory ``file.py:fn`` / ``pkg.mod:fn``."""
+    if text in DATASETS or (is_factory_ref(text) and text.rpartition(":")[0] and text.rpartition(":")[2]):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown dataset {text!r}: choose from {', '.join(sorted(DATASETS))}, "
+                                     "or name your own as path/to/data.py:function")
+
+
+class _TypedDataset(argparse.Action):
+    """Stores ``--dataset`` and notes that the user typed it (a value filled in later from a file is not)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, TYPED_DATASET, values)
+
+
+def add_dataset_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--dataset", type=dataset_choice, action=_TypedDataset, metavar="NAME|FILE.py:FN",
+                        help=f"{help_text}: {', '.join(sorted(DATASETS))}, or your own data as "
+                             "path/to/data.py:build (build(split) returns a torch Dataset or DataLoader of "
+                             "float images and int labels; see README)")
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=sorted(DATASETS), help="default: the model's usual dataset")
+    add_dataset_option(parser, "default: the model's usual dataset")
     parser.add_argument("--data-dir", help="folder with the dataset files (else $CNNCOMPRESS_DATA, ../shared/data)")
     parser.add_argument("--download", action="store_true", help="fetch missing dataset files from the official URLs")
 
@@ -75,8 +102,23 @@ def dataset_name(args: argparse.Namespace, spec: ModelSpec) -> str:
 
 
 def load_split(args: argparse.Namespace, name: str, split: str) -> ImageSet:
-    return load_dataset(name, split, data_dir=getattr(args, "data_dir", None),
-                        download=getattr(args, "download", False))
+    """Split ``split`` of a built-in dataset, or of a user's dataset factory named on this command line.
+
+    A factory is imported and called only when ``name`` is exactly the ``--dataset`` the user typed, never
+    when it was read from a file (a checkpoint's ``dataset`` is plain text, shown but not trusted).
+    Each split of a factory is loaded once per command.
+    """
+    if not is_factory_ref(name):
+        return load_dataset(name, split, data_dir=getattr(args, "data_dir", None),
+                            download=getattr(args, "download", False))
+    if name != getattr(args, TYPED_DATASET, None):
+        raise CLIError(f"the file names the dataset factory {name!r}; cnncompress never imports or calls a name "
+                       f"read from a file. If you trust that code, name it yourself: --dataset {name!r}")
+    loaded = vars(args).setdefault("_user_splits", {})
+    if (name, split) not in loaded:
+        progress = not (getattr(args, "quiet", False) or getattr(args, "json", False))
+        loaded[name, split] = load_user_dataset(name, split, progress=progress)
+    return loaded[name, split]
 
 
 def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path:
@@ -126,6 +168,8 @@ def input_shape(args: argparse.Namespace, spec: ModelSpec) -> tuple[int, int, in
         dataset = getattr(args, "dataset", None)
         if dataset is None:
             raise CLIError("give --input-shape C,H,W (or --dataset) for a user model")
+        if is_factory_ref(dataset):
+            return load_split(args, dataset, "test").info.input_shape  # type: ignore[return-value]
         return DATASETS[dataset].input_shape
     return shape
 

@@ -1,4 +1,4 @@
-"""In-memory image sets: uint8 tensors plus the cheap, deterministic operations training needs."""
+"""In-memory image sets: uint8 (or float32) tensors plus the cheap, deterministic operations training needs."""
 
 from __future__ import annotations
 
@@ -16,19 +16,24 @@ Indices = Sequence[int] | np.ndarray | torch.Tensor | slice
 
 @dataclass(eq=False, repr=False)
 class ImageSet:
-    """Images (uint8, N x C x H x W) with int64 labels.
+    """Images (uint8 or float32, N x C x H x W) with int64 labels.
 
-    Kept as uint8 (4x smaller than float) and normalised per batch. Loaded sets are cached and
-    shared within a process: treat the tensors as read-only.
+    The built-in datasets are kept as uint8 (4x smaller than float) and normalised per batch. A user's
+    float data (see :func:`cnncompress.data.as_image_set`, which validates it) is float32 and used as
+    given: ``info.mean``/``std`` do not apply to it. ``labelled=False`` marks images without labels
+    (calibration only; ``labels`` are then zeros). Loaded sets are cached and shared within a
+    process: treat the tensors as read-only.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     info: DatasetInfo
+    labelled: bool = True
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or tuple(self.images.shape[1:]) != self.info.input_shape:
-            raise ValueError(f"{self.info.name}: images must be uint8 N x {self.info.input_shape}, "
+        if self.images.dtype not in (torch.uint8, torch.float32) \
+                or tuple(self.images.shape[1:]) != self.info.input_shape:
+            raise ValueError(f"{self.info.name}: images must be uint8 or float32 N x {self.info.input_shape}, "
                              f"got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
             raise ValueError(f"{self.info.name}: labels must be int64 of length {len(self.images)}")
@@ -47,7 +52,7 @@ class ImageSet:
         idx = indices if isinstance(indices, slice) else torch.as_tensor(indices)
         if isinstance(idx, torch.Tensor) and idx.dtype != torch.bool:
             idx = idx.long()
-        return ImageSet(self.images[idx], self.labels[idx], self.info)
+        return ImageSet(self.images[idx], self.labels[idx], self.info, self.labelled)
 
     def stratified_order(self, seed: int = 0) -> torch.Tensor:
         """A seeded permutation whose every prefix holds the classes in their overall proportions.
@@ -77,10 +82,21 @@ class ImageSet:
         order = self.stratified_order(seed)
         return self.subset(order[n_holdout:].sort().values), self.subset(order[:n_holdout].sort().values)
 
+    @property
+    def is_float(self) -> bool:
+        """True for a user's float32 images, which are used as given (no scaling or normalisation)."""
+        return self.images.dtype == torch.float32
+
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """float32 ``(x / 255 - mean) / std`` per channel, for N x C x H x W or C x H x W uint8."""
-        if images_uint8.dtype != torch.uint8:
-            raise TypeError(f"normalize expects uint8 images, got {images_uint8.dtype}")
+        """float32 ``(x / 255 - mean) / std`` per channel, for N x C x H x W or C x H x W uint8.
+
+        A float set's images are already model inputs: they come back unchanged, as a copy (so a
+        model that writes into its input cannot change the set).
+        """
+        if images_uint8.dtype != self.images.dtype:
+            raise TypeError(f"normalize expects {self.images.dtype} images, got {images_uint8.dtype}")
+        if self.is_float:
+            return images_uint8.clone()
         mean = torch.tensor(self.info.mean, dtype=torch.float32).view(-1, 1, 1)
         std = torch.tensor(self.info.std, dtype=torch.float32).view(-1, 1, 1)
         return (images_uint8.float().div_(255) - mean).div_(std)
@@ -99,8 +115,9 @@ class ImageSet:
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised float32 batches and labels by tensor slicing (no DataLoader workers needed).
 
-        ``augment`` applies the dataset's random crop (and flip for CIFAR-10). One generator seeded
-        by ``seed`` drives shuffling and augmentation; ``seed=None`` draws it from torch's global RNG.
+        ``augment`` applies the dataset's random crop (and flip for CIFAR-10; for float data what
+        ``info.crop_pad``/``hflip`` say, padding with 0.0). One generator seeded by ``seed`` drives
+        shuffling and augmentation; ``seed=None`` draws it from torch's global RNG.
         """
         count = self.num_batches(batch_size, drop_last)
         if seed is None:
@@ -118,7 +135,7 @@ class ImageSet:
 
 def random_crop_flip(images: torch.Tensor, pad: int, hflip: bool,
                      generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crop of the zero-padded batch, optionally mirrored, in one gather."""
+    """Per-image random crop of the zero-padded batch, optionally mirrored, in one gather (any dtype)."""
     n, c, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
     top = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)

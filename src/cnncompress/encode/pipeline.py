@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import ImageSet
+from ..data import ImageSet, as_image_set
+from ..data.adapt import UserData
 from ..prune.schedules import AGPSchedule, iterative_rounds
 from ..prune.unstructured import Sparsity, enforce_masks, make_permanent, prune_weights, sparsity_record
 from ..train import TrainConfig, evaluate, fit
@@ -107,14 +108,20 @@ def _prune(model: nn.Module, config: DeepCompressionConfig, train: ImageSet | No
     return fit(model, train, phase, val=val, teacher=teacher, after_step=(enforce_masks,), progress=progress).history
 
 
-def deep_compress(model: nn.Module, config: DeepCompressionConfig, train: ImageSet | None = None,
-                  val: ImageSet | None = None, progress: bool = False) -> tuple[nn.Module, DeepCompressionRecord]:
+def deep_compress(model: nn.Module, config: DeepCompressionConfig, train: UserData | None = None,
+                  val: UserData | None = None, progress: bool = False) -> tuple[nn.Module, DeepCompressionRecord]:
     """Prune, retrain, share and fine-tune ``model`` in place; needs ``train`` when any epochs are asked.
 
     ``val`` only monitors: its top-1 after each epoch and right after clustering goes into the record.
+    Either may be an ImageSet, a Dataset of (float image, label) or a DataLoader (loaded once, see
+    :func:`~cnncompress.data.as_image_set`).
     """
     if (config.prune_epochs or config.share_epochs) and train is None:
         raise ValueError("retraining epochs were requested but no training data was given")
+    if train is not None:
+        train = as_image_set(train, need_labels=True, source="deep_compress: train data", progress=progress)
+    if val is not None:
+        val = as_image_set(val, need_labels=True, source="deep_compress: validation data", progress=progress)
     teacher = copy.deepcopy(model).eval() if config.distill and train is not None else None
     prune_history = _prune(model, config, train, val, teacher, progress)
     make_permanent(model)

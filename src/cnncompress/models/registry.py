@@ -13,19 +13,15 @@ names (``spec=ModelSpec("mynet.py:build")`` in Python, ``--model mynet.py:build`
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..utils import brief
+from ..utils import brief, import_callable
 from .densenet import DenseNetCifar
 from .efficientnet import EfficientNetB0
 from .lenet import DigitsCNN, LeNet5, LeNet300
@@ -165,28 +161,6 @@ def default_dataset(name: str) -> str | None:
     return entry[2] if entry else None
 
 
-def _load_file_factory(ref: str) -> Factory:
-    path_text, _, attr = ref.rpartition(":")
-    path = Path(path_text).expanduser().resolve()
-    if not path.is_file():
-        raise ValueError(f"model file {path} does not exist (from --model {ref!r})")
-    module_name = f"cnncompress_user_{abs(hash(str(path)))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"cannot import {path} as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return _factory_attr(module, attr, ref)
-
-
-def _factory_attr(module: Any, attr: str, ref: str) -> Factory:
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ValueError(f"{ref!r}: {module.__name__} has no callable named {attr!r}")
-    return factory
-
-
 def resolve_factory(ref: str) -> Factory:
     """The factory for a zoo name, ``pkg.module:fn`` or ``file.py:fn`` that the *caller* names.
 
@@ -197,14 +171,7 @@ def resolve_factory(ref: str) -> Factory:
     if ":" not in ref:
         raise ValueError(f"unknown model {ref!r}; zoo models: {', '.join(model_names())}; "
                          "or give a factory as 'package.module:function' or 'path/to/file.py:function'")
-    target, _, attr = ref.rpartition(":")
-    if target.endswith(".py"):
-        return _load_file_factory(ref)
-    try:
-        module = importlib.import_module(target)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module {target!r} for model {ref!r}: {exc}") from exc
-    return _factory_attr(module, attr, ref)
+    return import_callable(ref, "model")
 
 
 def zoo_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:

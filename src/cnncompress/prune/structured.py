@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..analysis.inputs import ExampleInput, model_device, one_image
+from ..data import as_image_set
 from ..graph import Binding, ChannelGraph, build_channel_graph
 from ..models import ModuleAttrs
 from ..utils import check_finite
@@ -237,8 +238,9 @@ def _target_dict(macs: float | None, params: float | None) -> dict[str, float] |
 
 
 def _batches(data: Any, device: torch.device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Labelled batches from an ImageSet (shuffled, seeded) or any iterable of (x, y)."""
-    source = data.batches(64, shuffle=True, seed=0) if hasattr(data, "batches") else data
+    """Labelled batches, shuffled and seeded, from any data :func:`~cnncompress.data.as_image_set` takes
+    (an ImageSet, a Dataset of (float image, label), a DataLoader or list of (x, y) batches)."""
+    source = as_image_set(data, need_labels=True, source="pruning data").batches(64, shuffle=True, seed=0)
     for x, y in source:
         if not torch.isfinite(x).all():
             raise ValueError("data holds non-finite values")
@@ -284,10 +286,10 @@ def prune_channels(model: nn.Module, example_input: ExampleInput, ratio: float |
 
     Give one of ``ratio`` (fraction of channels dropped per group, or overall with ``global_ranking``),
     ``target_macs`` or ``target_params`` (fraction of the unpruned cost to reach within ``tolerance``).
-    ``criterion`` is "l1", "l2", "fpgm", "bn_scale", "taylor" (needs ``data``: an ImageSet or labelled
-    batches) or "random", or an :class:`Importance` object. ``exclude`` names modules (fnmatch
-    patterns) whose output channels are kept (their inputs still shrink with the layer feeding them).
-    ``round_to`` keeps channel counts multiples of it; no group drops below ``min_channels`` or loses
+    ``criterion`` is "l1", "l2", "fpgm", "bn_scale", "taylor" (needs ``data``: an ImageSet, a Dataset of
+    (float image, label) or a DataLoader) or "random", or an :class:`Importance` object. ``exclude`` names
+    modules (fnmatch patterns) whose output channels are kept (their inputs still shrink with the layer
+    feeding them). ``round_to`` keeps channel counts multiples of it; no group drops below ``min_channels`` or loses
     more than ``max_ratio`` of its channels under global ranking.
     """
     rule = AllocationRule(global_ranking=global_ranking, per_layer=dict(per_layer or {}), max_ratio=max_ratio,

@@ -12,7 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from ..data import ImageSet
+from ..data import as_image_set
+from ..data.adapt import UserData
 from ..train import evaluate
 from .calibrate import make_calibrator
 from .graph import quant_layers, set_mode
@@ -54,11 +55,16 @@ class SensitivityTable:
                 f"({self.images} images)\n" + format_table(rows, header))
 
 
-def sensitivity(model: nn.Module, data: ImageSet, bits: Sequence[int] = (8, 6, 4, 3, 2), per_channel: bool = True,
+def sensitivity(model: nn.Module, data: UserData, bits: Sequence[int] = (8, 6, 4, 3, 2), per_channel: bool = True,
                 weight_calibration: str = "mse", batch_size: int = 256) -> SensitivityTable:
-    """Evaluate ``model`` on ``data`` once per (layer, bits) with only that layer's weights quantized."""
+    """Evaluate ``model`` on ``data`` once per (layer, bits) with only that layer's weights quantized.
+
+    ``data``: an ImageSet, a Dataset of (float image, label) or a DataLoader (loaded once, see
+    :func:`~cnncompress.data.as_image_set`).
+    """
     if not bits:
         raise ValueError("give at least one bit width")
+    data = as_image_set(data, need_labels=True, source="sensitivity: data")
     qmodel = prepare(model, QuantConfig(per_channel=per_channel, weight_calibration=weight_calibration))
     set_mode(qmodel, "float", "float")
     base = evaluate(qmodel, data, batch_size)
