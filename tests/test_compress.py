@@ -8,9 +8,10 @@ import pytest
 
 import cnncompress.pipeline as pipeline
 from cnncompress.cli import main
+from cnncompress.export.c.firmware import missing_tools
 from cnncompress.models import save_checkpoint
 from cnncompress.pipeline import BudgetInfeasible, CompressOptions, compress
-from cnncompress.plan import Budget
+from cnncompress.plan import Budget, load_device
 from cnncompress.quant.deployable import read_deployable
 from cnncompress.train import evaluate
 from testsupport import DIGITS8
@@ -86,3 +87,37 @@ def test_a_finished_run_directory_is_not_overwritten(tmp_path, digits_split, dig
     with pytest.raises(FileExistsError, match="--resume"):
         compress(digits_cnn8, Budget.from_mapping({"flash_bytes": "4KB"}), train, val, test, output_dir=tmp_path,
                  spec=SPEC, options=OPTIONS, progress=False)
+
+
+needs_arm = pytest.mark.skipif(bool(missing_tools()), reason=f"needs {', '.join(missing_tools())} (apt-get install "
+                               "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm; .ci/run installs them)")
+
+
+@needs_arm
+def test_a_cortex_m_budget_is_met_on_the_firmware(tmp_path, digits_split, digits_cnn8):
+    """With the cortex-m4 profile, flash and RAM are the firmware's, and the planner predicted them within 5%."""
+    train, val, test = digits_split
+    device = load_device("cortex-m4")
+    budget = device.budget(3.0, {"flash": "8KB", "ram": "20KB"})
+    result = compress(digits_cnn8, budget, train, val, test, device, output_dir=tmp_path, spec=SPEC, options=OPTIONS,
+                      progress=False)
+    assert result.fits, result.verification.describe()
+    measured, firmware = result.verification.measured, result.firmware
+    assert "cortex-m4 firmware" in measured.memory_source
+    assert measured.flash_bytes == firmware["mcu"]["flash_bytes"] <= 8000
+    assert measured.ram_bytes == firmware["mcu"]["ram_bytes"] + device.ram_reserved_bytes <= 20000
+    assert firmware["host_equals_reference"] and firmware["mcu_equals_host"] and firmware["mcu"]["images"] == 100
+    assert firmware["arena_bytes"] == firmware["lower_bound_bytes"]
+    errors = result.verification.prediction_error
+    assert abs(errors["flash_bytes"]) <= 0.05 and abs(errors["ram_bytes"]) <= 0.05, errors
+    assert (tmp_path / "c" / "model.c").is_file()
+
+
+def test_widths_the_c_kernels_cannot_run_are_refused_before_any_stage(tmp_path, digits_split, digits_cnn8):
+    train, val, test = digits_split
+    device = load_device("cortex-m4")
+    options = CompressOptions(weight_bits=(3, 8))
+    with pytest.raises(ValueError, match=r"run \[2, 4, 8\]-bit weights only"):
+        compress(digits_cnn8, device.budget(3.0), train, val, test, device, output_dir=tmp_path / "run", spec=SPEC,
+                 options=options, progress=False)
+    assert not (tmp_path / "run").exists()

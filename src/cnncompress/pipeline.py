@@ -20,16 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .analysis import profile
-from .data import ImageSet
+from .data import ImageSet, as_image_set
+from .data.adapt import UserData
 from .export import OnnxRuntimeModule, export_onnx, export_plan
+from .export.c import export_c, verify_export
+from .export.c.firmware import c_flash_format, missing_tools
 from .models import ModelSpec
 from .plan import (
     Budget,
     CostModel,
     DeviceProfile,
+    FlashFormat,
     Infeasible,
     Plan,
     PlanOptions,
@@ -41,7 +45,9 @@ from .plan import (
     tighten,
     verify,
 )
+from .plan.devices import C_WEIGHT_BITS
 from .plan.sensitivity import Delta
+from .plan.verify import Measured
 from .prune import enforce_masks, lock_zeros, make_permanent, prune_channels, prune_weights
 from .quant import qat, quantize, save_quantized
 from .quant import sensitivity as bits_sensitivity
@@ -106,6 +112,7 @@ class CompressionResult:
     onnx_top1: float | None
     paths: dict[str, Path]
     stages: list[dict[str, Any]] = field(default_factory=list)
+    firmware: dict[str, Any] | None = None  # the C build on the device profile's core (see FirmwareCheck)
 
     @property
     def fits(self) -> bool:
@@ -115,7 +122,7 @@ class CompressionResult:
         return {"fits": self.fits, "baseline_top1": self.baseline_top1, "top1": self.top1,
                 "onnx_top1": self.onnx_top1, "verification": self.verification.to_dict(),
                 "plan": self.plan.to_dict() if self.plan else None, "paths": {k: str(v) for k, v in self.paths.items()},
-                "stages": self.stages}
+                "stages": self.stages, "firmware": self.firmware}
 
 
 def _evaluator(data: ImageSet, device: str) -> Callable[[nn.Module], tuple[float, float]]:
@@ -125,9 +132,10 @@ def _evaluator(data: ImageSet, device: str) -> Callable[[nn.Module], tuple[float
     return run
 
 
-def measure_plan_sensitivity(model: nn.Module, cost: CostModel, val: ImageSet, options: CompressOptions,
+def measure_plan_sensitivity(model: nn.Module, cost: CostModel, val: UserData, options: CompressOptions,
                              bits: tuple[int, ...], cache: Path, progress: bool) -> SensitivityTable:
     """Per channel group: pruned at each option; per layer: weights at each bit width (cached)."""
+    val = as_image_set(val, need_labels=True, source="sensitivity: validation data", progress=progress)
     shape = val.info.input_shape
     probe = val.take(min(options.sensitivity_images, len(val)), seed=options.seed)
 
@@ -232,8 +240,8 @@ def _run_round(run_dir: RunDirectory, round_no: int, stages: _Stages, model: nn.
     return model, qmodel, [asdict(r) for r in records]
 
 
-def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: ImageSet,
-             test_data: ImageSet | None = None, profile_: DeviceProfile | None = None,
+def compress(model: nn.Module, budget: Budget, train_data: UserData, val_data: UserData,
+             test_data: UserData | None = None, profile_: DeviceProfile | None = None,
              output_dir: str | Path = "runs/compress", spec: ModelSpec | None = None,
              options: CompressOptions | None = None, resume: bool = False,
              progress: bool = True) -> CompressionResult:
@@ -241,16 +249,19 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
 
     ``spec`` describes how to rebuild ``model`` (needed for checkpoints; inferred for zoo models only
     when given). Accuracy is checked on ``val_data`` during the run and reported on ``test_data``
-    (default ``val_data``) measured with onnxruntime on the exported integer model.
+    (default ``val_data``) measured with onnxruntime on the exported integer model. Each may be an
+    ImageSet, a Dataset of (float image, label) or a DataLoader (loaded once, see :func:`.as_image_set`).
     """
     check_finite(model, "compress")
     if spec is None:
         raise ValueError("compress needs the model's ModelSpec to checkpoint and rebuild it")
     options = options or CompressOptions()
-    test_data = test_data or val_data
+    train_data, val_data, test_data = _adapt_data(train_data, val_data, test_data, progress)
     out = Path(output_dir)
     device = profile_
-    check_deployable(model, train_data.info.input_shape)
+    scratch = device.ram_reserved_bytes if device else 0
+    firmware = FirmwareCheck.for_device(device, options, train_data)
+    cost = preflight(model, train_data.info.input_shape, scratch, firmware.flash_format() if firmware else None)
     settings = {"budget": budget.to_dict(), "device": device.to_dict() if device else None,
                 "options": asdict(options), "spec": spec.to_dict()}
     with RunDirectory(out, spec, settings, resume=resume) as run_dir:
@@ -259,12 +270,10 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
         original = copy.deepcopy(model)
         baseline_val = evaluate(model, val_data, device=options.device).top1
         baseline_test = evaluate(model, test_data, device=options.device).top1
-        scratch = device.ram_reserved_bytes if device else 0
         plan_options = PlanOptions.for_device(device) if device else PlanOptions()
         if options.weight_bits:
             plan_options = replace(plan_options, weight_bits=options.weight_bits)
         plan_options = replace(plan_options, sparsity=bool(options.sparsity_options))
-        cost = CostModel.from_model(model, shape, scratch_bytes=scratch)
         table = measure_plan_sensitivity(model, cost, val_data, options, plan_options.weight_bits,
                                          out / "sensitivity.json", progress)
         target = budget
@@ -280,7 +289,7 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
             stage_log += records
             paths, onnx_top1, verification = _deploy_and_verify(
                 qmodel, pruned, spec, shape, out, test_data, budget, baseline_test, the_plan.choice.act_bits, scratch,
-                the_plan.predicted)
+                the_plan.predicted, firmware)
             log.info("round %d: %s", round_no, verification.describe())
             if verification.fits or not verification.misses or round_no == options.max_rounds:
                 break
@@ -289,24 +298,98 @@ def compress(model: nn.Module, budget: Budget, train_data: ImageSet, val_data: I
                 break  # more rounds of the same plan cannot buy accuracy back; report it plainly
             target = tighten(target, verification)
         top1 = evaluate(qmodel, test_data, device=options.device).top1
-        result = CompressionResult(qmodel, the_plan, verification, baseline_test, top1, onnx_top1, paths, stage_log)
+        result = CompressionResult(qmodel, the_plan, verification, baseline_test, top1, onnx_top1, paths, stage_log,
+                                   firmware.record if firmware else None)
         paths.update(_write_report(result, original, spec, shape, table, device, budget, out, test_data.info.name))
         return result
 
 
-def check_deployable(model: nn.Module, shape: tuple[int, ...]) -> None:
-    """Fail before the first stage when quantization or integer export cannot take the graph; log the float
-    islands it will have."""
+def _adapt_data(train: UserData, val: UserData, test: UserData | None,
+                progress: bool) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """The three data sets as ImageSets (see :func:`~cnncompress.data.as_image_set`); test defaults to val."""
+    train = as_image_set(train, need_labels=True, source="compress: train data", progress=progress)
+    val = as_image_set(val, need_labels=True, source="compress: validation data", progress=progress)
+    test = val if test is None else as_image_set(test, need_labels=True, source="compress: test data",
+                                                 progress=progress)
+    return train, val, test or val
+
+
+def preflight(model: nn.Module, shape: tuple[int, ...], scratch_bytes: int = 0,
+              flash: FlashFormat | None = None) -> CostModel:
+    """Fail before the first stage when pruning, quantization or integer export cannot take the graph; log
+    what the planner may prune and which nodes will run as float islands. Returns the planner's cost model."""
     log.info("integer export plan: %s", export_plan(model, shape).describe())
+    cost = CostModel.from_model(model, shape, flash=flash, scratch_bytes=scratch_bytes)
+    log.info("planner: %d prunable channel groups%s", len(cost.groups),
+             f"; kept at full width (they cover part of a chunk or concat): {', '.join(cost.unplanned)}"
+             if cost.unplanned else "")
+    return cost
+
+
+class FirmwareCheck:
+    """For a device profile with a ``c_target``: the planner's C flash rules, and the proof at the end.
+
+    The compressed model is exported as C, built for the host (every test image, bit for bit against the
+    integer reference) and for the core (``images`` test images in QEMU, equal to the host build); flash
+    and RAM are then the firmware's, read off the binary and the painted stack, not the container's.
+    """
+
+    def __init__(self, target: str, calibration: ImageSet, images: int = 100) -> None:
+        self.target, self.calibration, self.images = target, calibration, images
+        self.record: dict[str, Any] | None = None
+
+    @classmethod
+    def for_device(cls, device: DeviceProfile | None, options: CompressOptions, train: ImageSet
+                   ) -> FirmwareCheck | None:
+        """The check for ``device``; None without a C target, or (with a warning) without the toolchain."""
+        if device is None or device.c_target is None:
+            return None
+        if options.weight_bits and not set(options.weight_bits) <= set(C_WEIGHT_BITS):
+            raise ValueError(f"weight bits {list(options.weight_bits)}: the C kernels for {device.c_target} run "
+                             f"{list(C_WEIGHT_BITS)}-bit weights only")
+        if options.sparsity_options:
+            raise ValueError(f"sparsity options: the C library for {device.c_target} stores weights dense, so "
+                             "unstructured sparsity saves no flash there")
+        if missing_tools():
+            log.warning("%s not found: flash and RAM are measured on the .cnnc container and the graph, not on "
+                        "%s firmware (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)",
+                        ", ".join(missing_tools()), device.c_target)
+            return None
+        return cls(device.c_target, train.take(min(256, len(train)), seed=0))
+
+    def flash_format(self) -> FlashFormat:
+        return c_flash_format(self.target)
+
+    def run(self, qmodel: fx.GraphModule, shape: tuple[int, ...], out: Path, test: ImageSet) -> dict[str, Any]:
+        """Export to ``out/c``, build and run on the host and the core; the record (also kept in ``record``)."""
+        record = export_c(qmodel, out / "c", shape, self.target, calibration=self.calibration)
+        check = verify_export(record, qmodel, test, out / "c.build", self.target, self.images)
+        if not (check.host_equals_reference and check.mcu_equals_host):
+            raise RuntimeError(f"the C build of the compressed model disagrees with the integer reference "
+                               f"(host equal: {check.host_equals_reference}, {self.target} equal: "
+                               f"{check.mcu_equals_host}); this is a bug, please report it")
+        self.record = {"library": str(record.output_dir), "const_bytes": record.const_bytes,
+                       **record.arena.to_dict(), **check.to_dict()}
+        return self.record
+
+    def measure(self, qmodel: fx.GraphModule, shape: tuple[int, ...], out: Path, test: ImageSet,
+                measured: Measured, scratch: int) -> Measured:
+        """``measured`` with the firmware's flash and RAM (plus the reserve) in place of the container's."""
+        run = self.run(qmodel, shape, out, test)["mcu"]
+        return replace(measured, flash_bytes=run["flash_bytes"], ram_bytes=run["ram_bytes"] + scratch,
+                       memory_source=f"{self.target} firmware on QEMU {run['board']}: flash = text + data of the "
+                                     "model and kernel objects; RAM = their data + bss + painted stack + reserve")
 
 
 def _deploy_and_verify(qmodel: nn.Module, float_model: nn.Module, spec: ModelSpec, shape: tuple[int, ...],
                        out: Path, test: ImageSet, budget: Budget, baseline_top1: float, act_bits: int,
-                       scratch: int, predicted: Any = None) -> tuple[dict[str, Path], float, Verification]:
+                       scratch: int, predicted: Any = None, firmware: FirmwareCheck | None = None
+                       ) -> tuple[dict[str, Path], float, Verification]:
     """Write the deployable .cnnc, the QDQ ONNX and a checkpoint; measure them against ``budget``.
 
     Flash is the deployable's file size; RAM and MACs come from the deployed graph (the float graph
-    at ``act_bits``); accuracy is onnxruntime's on ``test``.
+    at ``act_bits``); accuracy is onnxruntime's on ``test``. With ``firmware``, flash and RAM are the
+    C firmware's instead.
     """
     paths = {"deployable": write_deployable(out / "model.cnnc", qmodel, spec, shape),
              "onnx": export_onnx(qmodel, out / "model.onnx", torch.zeros(1, *shape)),
@@ -314,11 +397,14 @@ def _deploy_and_verify(qmodel: nn.Module, float_model: nn.Module, spec: ModelSpe
     onnx_top1 = evaluate(OnnxRuntimeModule(paths["onnx"]), test).top1
     measured = measure_artifacts(paths["deployable"], float_model, shape, act_bits=act_bits, scratch_bytes=scratch,
                                  onnx_path=paths["onnx"], accuracy_drop=baseline_top1 - onnx_top1)
+    if firmware is not None:
+        measured = firmware.measure(qmodel, shape, out, test, measured, scratch)
+        paths["c_library"] = out / "c"
     return paths, onnx_top1, verify(measured, budget, predicted)
 
 
-def compress_with_recipe(model: nn.Module, recipe: str | Path | dict[str, Any], train_data: ImageSet,
-                         val_data: ImageSet, test_data: ImageSet | None = None, budget: Budget | None = None,
+def compress_with_recipe(model: nn.Module, recipe: str | Path | dict[str, Any], train_data: UserData,
+                         val_data: UserData, test_data: UserData | None = None, budget: Budget | None = None,
                          output_dir: str | Path = "runs/recipe", spec: ModelSpec | None = None,
                          device: str = "cpu", resume: bool = False, progress: bool = True) -> CompressionResult:
     """Run a hand-written recipe (see :mod:`cnncompress.recipe`) instead of the planner, then deploy and
@@ -330,11 +416,11 @@ def compress_with_recipe(model: nn.Module, recipe: str | Path | dict[str, Any], 
     if "quantize" not in [name for name, _ in stages]:
         raise RecipeError("a recipe must contain a 'quantize' stage: the deployable is an integer model")
     budget = budget or Budget()
-    test_data = test_data or val_data
+    train_data, val_data, test_data = _adapt_data(train_data, val_data, test_data, progress)
     out = Path(output_dir)
     settings = {"recipe": [[n, o] for n, o in stages], "budget": budget.to_dict(), "spec": spec.to_dict()}
     shape = train_data.info.input_shape
-    check_deployable(model, shape)
+    preflight(model, shape)
     with RunDirectory(out, spec, settings, resume=resume) as run_dir:
         baseline_test = evaluate(model.eval(), test_data, device=device).top1
         float_model, qmodel, records = run_recipe(copy.deepcopy(model), stages, spec, train_data, val_data, run_dir,

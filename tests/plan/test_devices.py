@@ -33,6 +33,7 @@ def test_device_budget_and_overrides():
     assert budget.max_accuracy_drop == 0.5
     options = PlanOptions.for_device(load_device("cortex-m4"))
     assert options.weight_bits == (4, 8) and options.act_bits == 8
+    assert load_device("cortex-m4").c_target == "cortex-m4" and load_device("esp32").c_target is None
 
 
 def test_user_profile_from_file(tmp_path):
@@ -53,6 +54,8 @@ def test_user_profile_from_file(tmp_path):
     ("name: b\nflsh: 1MB\nweight_bits: [8]\nactivation_bits: [8]\n", "unknown field(s) ['flsh']"),
     ("name: b\nram: 64KB\nram_reserved: 64KB\nweight_bits: [8]\nactivation_bits: [8]\n", "'ram_reserved'"),
     ("name: b\nlatency_backend: tflite\nweight_bits: [8]\nactivation_bits: [8]\n", "'latency_backend'"),
+    ("name: b\nc_target: cortex-a53\nweight_bits: [8]\nactivation_bits: [8]\n", "'c_target' must be one of"),
+    ("name: b\nc_target: cortex-m4\nweight_bits: [3, 8]\nactivation_bits: [8]\n", "run [2, 4, 8]-bit weights only"),
     ("- just\n- a list\n", "expected a mapping"),
     ("name: [unclosed\n", "not valid YAML"),
 ])

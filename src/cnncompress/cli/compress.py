@@ -8,10 +8,16 @@ from typing import Any
 
 from ..analysis import profile
 from ..data import ImageSet
-from ..export.c import export_c, verify_export
 from ..export.c.firmware import missing_tools
 from ..models import ModelSpec, load_model, save_checkpoint
-from ..pipeline import BudgetInfeasible, CompressionResult, CompressOptions, compress, compress_with_recipe
+from ..pipeline import (
+    BudgetInfeasible,
+    CompressionResult,
+    CompressOptions,
+    FirmwareCheck,
+    compress,
+    compress_with_recipe,
+)
 from ..plan.cli_args import add_budget_args, budget_from_args
 from ..plan.units import format_bytes, format_count
 from ..recipe import load_recipe
@@ -148,6 +154,8 @@ def _render(out: dict[str, Any]) -> str:
     lines = [table, "",
              f"top-1: original {out['baseline_top1']:.2f}%  ->  compressed {out['top1']:.2f}% (simulated), "
              f"{out['onnx_top1']:.2f}% (onnxruntime int8)",
+             *([_render_mcu(out["firmware"], out["before_after"], budget_on_firmware=True)] if out.get("firmware")
+               else []),
              "FITS the budget" if out["fits"] else f"DOES NOT FIT: {misses}",
              f"report: {out['paths'].get('report_html', '-')}"]
     return "\n".join(lines)
@@ -176,7 +184,7 @@ def run_demo(args: argparse.Namespace) -> int:
     summary["seed"] = args.seed
     summary["before"] = {"flash_bytes": before.weight_bytes, "ram_bytes": before.peak_activation_bytes,
                          "macs": before.macs, "params": before.params}
-    summary["mcu"] = _demo_on_mcu(result, train, test, out / "c")
+    summary["mcu"] = _demo_on_mcu(result, train, test, out)
     emit(args, summary, _render_demo)
     return 0 if result.fits else EXIT_INFEASIBLE
 
@@ -194,9 +202,8 @@ def _demo_on_mcu(result: CompressionResult, train: ImageSet, test: ImageSet, out
     if missing:
         return {"skipped": f"{', '.join(missing)} not found (apt-get install gcc-arm-none-eabi "
                            "libnewlib-arm-none-eabi qemu-system-arm)"}
-    record = export_c(result.model, out, train.info.input_shape, "cortex-m4", calibration=train.take(256, seed=0))
-    check = verify_export(record, result.model, test, out.with_name("c.build"), "cortex-m4", DEMO_MCU_IMAGES)
-    return {"library": str(out), "const_bytes": record.const_bytes, **record.arena.to_dict(), **check.to_dict()}
+    check = FirmwareCheck("cortex-m4", train.take(256, seed=0), images=DEMO_MCU_IMAGES)
+    return check.run(result.model, train.info.input_shape, out, test)
 
 
 def _trained_baseline(spec: ModelSpec, train: ImageSet, path: Path, args: argparse.Namespace):
@@ -224,14 +231,16 @@ def _render_demo(out: dict[str, Any]) -> str:
             + _render_mcu(out["mcu"], out["before_after"]))
 
 
-def _render_mcu(mcu: dict[str, Any], figures: list[dict[str, Any]]) -> str:
+def _render_mcu(mcu: dict[str, Any], figures: list[dict[str, Any]], budget_on_firmware: bool = False) -> str:
+    """One line on the C build; ``budget_on_firmware``: the budget table already holds these figures."""
     if "skipped" in mcu:
         return f"C build on an emulated Cortex-M4: skipped, {mcu['skipped']}"
     limits = {f["figure"]: f["limit"] for f in figures}
     run = mcu["mcu"]
     misses = [f"{key.split('_')[0]} {format_bytes(run[key])} > {format_bytes(limits[key])}"
               for key in ("flash_bytes", "ram_bytes") if limits.get(key) is not None and run[key] > limits[key]]
-    verdict = ("the firmware fits the limits too" if not misses else
+    verdict = ("the budget above is checked on these figures" if budget_on_firmware else
+               "the firmware fits the limits too" if not misses else
                "the firmware does NOT fit (" + ", ".join(misses) + "): the budget above is checked on the .cnnc "
                "container, not on executable C")
     return (f"C build ({mcu['library']}) on QEMU {run['board']} (Cortex-M4), measured on the firmware: flash "

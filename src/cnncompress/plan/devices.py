@@ -24,9 +24,11 @@ from .units import parse_bytes, parse_count, parse_duration_ms
 
 _BYTE_FIELDS = {"flash": "flash_bytes", "ram": "ram_bytes", "ram_total": "ram_total_bytes",
                 "ram_reserved": "ram_reserved_bytes"}
-_TEXT_FIELDS = ("name", "description", "latency_backend", "notes")
+_TEXT_FIELDS = ("name", "description", "latency_backend", "notes", "c_target")
 _KNOWN = {*_BYTE_FIELDS, *_TEXT_FIELDS, "macs", "latency", "weight_bits", "activation_bits"}
 LATENCY_BACKENDS = ("onnxruntime", "torch")
+C_TARGETS = ("cortex-m4", "cortex-m7")  # cores the C export cross-compiles for (export.c.TARGETS less host)
+C_WEIGHT_BITS = (2, 4, 8)  # widths the C kernels unpack
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class DeviceProfile:
     macs: int | None = None
     latency_ms: float | None = None
     latency_backend: str | None = None
+    c_target: str | None = None  # compress proves the fit on this core's firmware (export-c, QEMU)
     description: str = ""
     notes: str = ""
     source: str = ""
@@ -143,6 +146,12 @@ def _check_consistent(source: str, values: dict[str, Any]) -> None:
     total = values.get("ram_total_bytes")
     if ram is not None and total is not None and ram > total:
         raise ValueError(f"{source}: field 'ram' ({ram} B) exceeds 'ram_total' ({total} B)")
+    target = values.get("c_target")
+    if target is not None and target not in C_TARGETS:
+        raise ValueError(f"{source}: field 'c_target' must be one of {C_TARGETS}, got {brief(target)}")
+    if target is not None and not set(values["weight_bits"]) <= set(C_WEIGHT_BITS):
+        raise ValueError(f"{source}: field 'weight_bits' {list(values['weight_bits'])}: the C kernels of "
+                         f"'c_target' run {list(C_WEIGHT_BITS)}-bit weights only")
     backend = values.get("latency_backend")
     if backend is not None and backend not in LATENCY_BACKENDS:
         raise ValueError(f"{source}: field 'latency_backend' must be one of {LATENCY_BACKENDS}, got {brief(backend)}")

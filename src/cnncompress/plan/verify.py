@@ -30,6 +30,7 @@ class Measured:
     macs: int | None = None
     latency_ms: float | None = None
     accuracy_drop: float | None = None
+    memory_source: str = "flash: the .cnnc container's size; RAM: live activations of the graph + reserve"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,10 +11,12 @@ of known length) turns that into instructions per inference.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ...plan import load_device
+from ...plan import FlashFormat, load_device
+from .codegen import kernel_sources
 from .host import c_sources, compile_c
 
 BOARDS = {"cortex-m4": "mps2-an386", "cortex-m7": "mps2-an500"}  # QEMU machines with these cores
@@ -101,6 +104,31 @@ class McuRun:
                 "flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes, "stack_bytes": self.stack_bytes,
                 "instructions_per_inference": self.instructions_per_inference,
                 "objects": {k: vars(v) for k, v in self.objects.items()}, "elf": str(self.elf)}
+
+
+#: flash a conv/linear layer adds besides its arrays: its cnnc_conv_params (26 words) and the call in cnnc_run
+C_LAYER_BYTES = 26 * 4 + 16
+
+
+@functools.cache
+def kernel_code_bytes(target: str) -> int:
+    """Flash of the kernels (text + data of cnnc_kernels.o), compiled for ``target`` as the firmware is."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "cnnc_kernels.c"
+        for name, text in kernel_sources().items():
+            (Path(tmp) / name).write_text(text, encoding="utf-8")
+        obj = Path(tmp) / "cnnc_kernels.o"
+        compile_c("arm-none-eabi-gcc", [*ARM_FLAGS, f"-mcpu={target}", "-c", str(source), "-o", str(obj)],
+                  f"the kernels for {target}")
+        sizes = object_sizes([obj])["cnnc_kernels.o"]
+    return sizes.text + sizes.data
+
+
+def c_flash_format(target: str) -> FlashFormat:
+    """The planner's flash rules for the C library on ``target``, as ``model.c`` lays it out: weights packed
+    at their width, an int32 bias and an int32 multiplier and shift per output channel, a parameter struct
+    and a call per layer, and the kernels' code measured by compiling them (the toolchain must be present)."""
+    return FlashFormat(bias_bits=32, scale_bytes=8, layer_bytes=C_LAYER_BYTES, fixed_bytes=kernel_code_bytes(target))
 
 
 def build_firmware(lib_dir: str | os.PathLike, codes: np.ndarray, build_dir: str | os.PathLike,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import re
 import shutil
@@ -14,6 +15,9 @@ import numpy as np
 from ...utils import shorten
 
 HOST_FLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic")
+#: dlopen hands back the library already loaded from a path it has seen, even if the file was rebuilt:
+#: every build in this process gets its own file name
+_BUILDS = itertools.count()
 
 
 def compile_c(compiler: str, args: list[str], what: str) -> None:
@@ -39,7 +43,7 @@ class HostModel:
     def __init__(self, lib_dir: str | os.PathLike, build_dir: str | os.PathLike, compiler: str = "gcc") -> None:
         build = Path(build_dir)
         build.mkdir(parents=True, exist_ok=True)
-        self.path = build / "libcnnc_model.so"
+        self.path = build / f"libcnnc_model-{next(_BUILDS)}.so"
         compile_c(compiler, [*HOST_FLAGS, "-shared", "-fPIC", *c_sources(lib_dir), "-o", str(self.path)],
                   f"the host library from {lib_dir}")
         self.library = ctypes.CDLL(str(self.path))
