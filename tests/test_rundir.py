@@ -58,7 +58,8 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
     RunDirectory(tmp_path, SPEC, {"flash": 16000}).close()
     with pytest.raises(FileExistsError, match="--resume"):
         RunDirectory(tmp_path, SPEC, {"flash": 16000})
-    with pytest.raises(ValueError, match="different settings"):  # not RunDirectoryBusy: a refusal releases it
+    # not RunDirectoryBusy: a refusal releases it
+    with pytest.raises(ValueError, match=r"other settings \(flash differ\); choose another --output"):
         RunDirectory(tmp_path, SPEC, {"flash": 8000}, resume=True)
 
 

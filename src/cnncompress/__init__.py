@@ -7,6 +7,7 @@ the stage has one to give). See README.md for the command line.
 __version__ = "0.1.0"
 
 from .analysis import CostReport, count_macs, measure_latency, profile
+from .artifacts import Artifact, load_artifact
 from .data import ImageSet, as_image_set, load_dataset
 from .encode import read_cnnc, write_cnnc
 from .export import export_c, export_onnx, export_onnx_fp32
@@ -18,10 +19,9 @@ from .quant import qat, quantize
 from .train import TrainConfig, evaluate, fit
 
 __all__ = [
-    "Budget", "BudgetInfeasible", "CompressOptions", "CompressionResult", "CostReport", "DeviceProfile",
+    "Artifact", "Budget", "BudgetInfeasible", "CompressOptions", "CompressionResult", "CostReport", "DeviceProfile",
     "ImageSet", "Infeasible", "ModelSpec", "Plan", "TrainConfig", "__version__", "as_image_set", "build_model",
-    "compress",
-    "count_macs", "evaluate", "export_c", "export_onnx", "export_onnx_fp32", "fit", "list_devices", "load_dataset",
-    "load_device", "load_model", "make_permanent", "measure_latency", "profile", "prune_channels",
-    "prune_weights", "qat", "quantize", "read_cnnc", "save_checkpoint", "write_cnnc",
+    "compress", "count_macs", "evaluate", "export_c", "export_onnx", "export_onnx_fp32", "fit", "list_devices",
+    "load_artifact", "load_dataset", "load_device", "load_model", "make_permanent", "measure_latency", "profile",
+    "prune_channels", "prune_weights", "qat", "quantize", "read_cnnc", "save_checkpoint", "write_cnnc",
 ]

@@ -131,8 +131,10 @@ class RunDirectory:
                                   "or choose another --output")
         stored = _read_manifest(manifest)
         if stored.get("config") != self.config:
-            raise ValueError(f"cannot resume {self.path}: it was started with different settings "
-                             f"(stored {stored.get('config')}, now {self.config})")
+            old = stored.get("config") if isinstance(stored.get("config"), dict) else {}
+            changed = sorted(k for k in {*old, *self.config} if old.get(k) != self.config.get(k))
+            raise ValueError(f"cannot resume {self.path}: it was started with other settings "
+                             f"({', '.join(changed)} differ); choose another --output for these")
         return [_stage_record(entry, manifest) for entry in stored.get("stages", [])]
 
     def _write_manifest(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import logging
 import os
 import sys
@@ -149,3 +150,18 @@ def test_non_finite_weights_are_refused_naming_the_tensor(capsys, tmp_path):
     weights = save_checkpoint(tmp_path / "nan.pt", model, ModelSpec("digits_cnn"))
     err = one_error_line(capsys, ["evaluate", "--model", "digits_cnn", "--weights", str(weights)])
     assert "model weight 'fc.weight' holds 3 non-finite values" in err
+
+
+@pytest.mark.parametrize("command", [["profile", "--model", "digits_cnn"],
+                                     ["evaluate", "--model", "digits_cnn", "--dataset", "digits", "--limit", "50"]])
+def test_quiet_silences_progress_and_logs_never_the_answer(command, capsys):
+    assert main([*command, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip(), "--quiet hid the result"
+    assert "INFO" not in err
+
+
+def test_evaluate_without_weights_warns_that_it_scores_random_weights(capsys, caplog):
+    assert main(["evaluate", "--model", "digits_cnn", "--dataset", "digits", "--limit", "20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 20
+    assert "initial random weights" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from typing import Any
 
@@ -25,6 +26,8 @@ from .common import (
     resolve_model,
     show_progress,
 )
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction, add_common) -> None:
@@ -117,6 +120,8 @@ def _render_train(out: dict[str, Any]) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     model, spec = resolve_model(args)
+    if args.weights is None:
+        log.warning("no --weights given: scoring %s with its initial random weights", spec.factory)
     name = dataset_name(args, spec)
     data = load_split(args, name, args.split)
     if args.limit is not None:

@@ -17,8 +17,9 @@ from typing import Any
 
 from torch import nn
 
+from ..artifacts import load_artifact
 from ..data import DATASETS, ImageSet, is_factory_ref, load_dataset, load_user_dataset
-from ..models import ModelSpec, default_dataset, default_input_shape, load_model
+from ..models import ModelSpec, default_dataset, default_input_shape
 from ..utils import shorten
 
 EXIT_OK = 0
@@ -40,7 +41,8 @@ class CLIError(Exception):
 def add_common(parser: argparse.ArgumentParser) -> None:
     """Options shared by every subcommand."""
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress bars or log lines (the result is still printed)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -85,10 +87,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_model(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
-    """Build ``--model``, loading ``--weights`` when given (the checkpoint's own spec wins)."""
+    """Build ``--model``, loading ``--weights`` when given: any file cnncompress writes (see
+    :func:`~cnncompress.artifacts.load_artifact`; the file's own zoo spec wins)."""
     spec = ModelSpec(args.model)
     if getattr(args, "weights", None):
-        model, spec, _ = load_model(args.weights, spec)
+        loaded = load_artifact(args.weights, spec)
+        model, spec = loaded.model, loaded.spec
     else:
         model = spec.build()
     return model.eval(), spec
@@ -175,11 +179,11 @@ def input_shape(args: argparse.Namespace, spec: ModelSpec) -> tuple[int, int, in
 
 
 def emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> None:
-    """Print the result as JSON or as the human rendering; also save JSON beside ``--output`` dirs."""
+    """Print the result on stdout, as JSON or as the human rendering; ``--quiet`` never hides it."""
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=_jsonable)
         sys.stdout.write("\n")
-    elif not args.quiet:
+    else:
         print(render(result))
 
 
@@ -194,14 +198,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def setup_logging(args: argparse.Namespace) -> None:
-    level = logging.WARNING if args.quiet or args.json else logging.INFO
+    level = logging.WARNING if args.quiet else logging.INFO  # logs go to stderr, so --json keeps them
     if args.verbose:
         level = logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def show_progress(args: argparse.Namespace) -> bool:
-    return not (args.quiet or args.json) and sys.stderr.isatty()
+    """Progress bars go to stderr, beside JSON on stdout; off with --quiet or without a terminal."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def format_table(rows: list[list[Any]], header: list[str]) -> str:

@@ -63,7 +63,6 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     p.add_argument("--max-accuracy-drop", default="1.0")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffles and subsets "
                                                        "(default 0): a command repeats its result on one machine")
-    p.add_argument("--resume", action="store_true")
     add_common(p)
     p.set_defaults(handler=run_demo)
 
@@ -162,13 +161,16 @@ def _render(out: dict[str, Any]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Train the digits CNN (or LeNet-5 on MNIST) and compress it to a tenth of its size."""
+    """Train the digits CNN (or LeNet-5 on MNIST) and compress it to a tenth of its size.
+
+    A rerun in the same --output reuses the trained baseline and the finished stages (the run directory
+    resumes), so `make demo` can be run again; other settings need another --output."""
     spec = ModelSpec("digits_cnn") if args.dataset == "digits" else ModelSpec("lenet5")
     out = check_output_dir(args.output)
     train_all = load_split(args, args.dataset, "train")
     train, val = split_train_val(train_all)
     test = load_split(args, args.dataset, "test")
-    model = _trained_baseline(spec, train, out / "baseline.pt", args)
+    model = _trained_baseline(spec, train, out / f"baseline-seed{args.seed}.pt", args)
     before = profile(model, train.info.input_shape)
     flash = args.flash or f"{before.weight_bytes // 10}B"
     ram = args.ram or f"{before.peak_activation_bytes // 4}B"
@@ -179,7 +181,7 @@ def run_demo(args: argparse.Namespace) -> int:
     options = CompressOptions(finetune_epochs=epochs, qat_epochs=epochs, batch_size=64, lr=0.02,
                               sensitivity_images=len(val), seed=args.seed)
     result = _compress(model, spec, budget, device, train, val, test, argparse.Namespace(
-        output=str(out / "compress"), resume=args.resume, quiet=args.quiet, json=args.json), options)
+        output=str(out / "compress"), resume=True, quiet=args.quiet, json=args.json), options)
     summary = _summary(result)
     summary["seed"] = args.seed
     summary["before"] = {"flash_bytes": before.weight_bytes, "ram_bytes": before.peak_activation_bytes,

@@ -7,9 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..encode import DeepCompressionConfig, deep_compress, read_cnnc, write_cnnc
+from ..artifacts import load_artifact
+from ..encode import DeepCompressionConfig, deep_compress, write_cnnc
 from ..models import ModelSpec, default_dataset, save_checkpoint
 from ..prune.unstructured import prunable_layers
+from ..quant import save_quantized
 from ..train import TrainConfig, evaluate
 from .common import (
     CLIError,
@@ -134,10 +136,14 @@ def run_decode(args: argparse.Namespace) -> int:
     if args.output:
         check_output_file(args.output)
     path = Path(args.file)
-    model, spec, header = read_cnnc(path, ModelSpec(args.model) if args.model else None)
+    loaded = load_artifact(path, ModelSpec(args.model) if args.model else None)
+    if loaded.header is None:
+        raise CLIError(f"{path} is a {loaded.kind}, not a .cnnc file (evaluate it with --weights)")
+    model, spec, header = loaded.model, loaded.spec, loaded.header
     size = path.stat().st_size
     params = int(header["params"])
-    out: dict[str, Any] = {"file": str(path), "model": spec.factory, "file_bytes": size, "params": params,
+    out: dict[str, Any] = {"file": str(path), "kind": loaded.kind, "model": spec.factory, "file_bytes": size,
+                           "params": params,
                            "dense_bytes": 4 * params, "ratio": 4 * params / size, "meta": header.get("meta", {})}
     if args.evaluate:
         name = args.dataset or out["meta"].get("dataset") or default_dataset(spec.factory)
@@ -146,7 +152,8 @@ def run_decode(args: argparse.Namespace) -> int:
         result = evaluate(model, load_split(args, name, "test"), progress=show_progress(args))
         out.update(dataset=name, top1=result.top1, top5=result.top5, loss=result.loss, n=result.n)
     if args.output:
-        save_checkpoint(args.output, model, spec, source=str(path))
+        save = save_quantized if loaded.quantized else save_checkpoint  # a deployable stays quantized
+        save(args.output, model, spec, source=str(path))
         out["output"] = args.output
     emit(args, out, _render_decode)
     return 0

@@ -334,13 +334,17 @@ def decode_state(data: bytes, spec: ModelSpec | None = None) -> tuple[dict[str, 
     return {entry["name"]: state[entry["name"]] for entry in header["tensors"]}, spec, header
 
 
+def read_header(data: bytes) -> tuple[dict[str, Any], ModelSpec, int]:
+    """The checked header of ``.cnnc`` bytes, its spec and where the tensor data starts; no tensor is decoded."""
+    header_len = _check_envelope(data)
+    header = _read_header(data[_PREFIX.size:_PREFIX.size + header_len])
+    return header, _check_header(header, len(data)), _PREFIX.size + header_len
+
+
 def parse_cnnc(data: bytes) -> tuple[dict[str, torch.Tensor], ModelSpec, dict[str, Any]]:
     """The stored tensors, spec and header of ``.cnnc`` bytes, checked but not rebuilt into a model."""
-    header_len = _check_envelope(data)
-    start = _PREFIX.size
-    header = _read_header(data[start:start + header_len])
-    spec = _check_header(header, len(data))
-    reader = _Reader(data, start + header_len, len(data) - _TRAILER.size)
+    header, spec, start = read_header(data)
+    reader = _Reader(data, start, len(data) - _TRAILER.size)
     state = {}
     for entry in header["tensors"]:
         try:

@@ -17,6 +17,7 @@ from ..utils import torch_save_atomic
 from .registry import ModelSpec, ModelSpecError, UntrustedFactoryError, rebuild
 
 FORMAT = "cnncompress-checkpoint"
+QUANTIZED_FORMAT = "cnncompress-quantized"  # written by quant.save_quantized
 VERSION = 1
 #: meta key of the integer module attributes a structural change made (e.g. shortcut pad widths)
 MODULE_ATTRS_KEY = "module_attrs"
@@ -58,6 +59,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         return _checked_payload(raw, path)
+    if isinstance(raw, dict) and raw.get("format") == QUANTIZED_FORMAT:
+        raise CheckpointError(f"{path} is a quantized checkpoint: open it with cnncompress.load_artifact "
+                              "(or quant.load_quantized)")
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         state = raw["state_dict"]
         meta = {k: v for k, v in raw.items() if k != "state_dict" and isinstance(v, (int, float, str))}

@@ -16,12 +16,13 @@ import torch
 from torch import fx, nn
 
 from ..models import CheckpointError, ModelSpec, UntrustedFactoryError, adopt_shapes, apply_module_attrs, rebuild
+from ..models.checkpoint import QUANTIZED_FORMAT
 from ..utils import torch_save_atomic
 from .core import FakeQuantize
 from .graph import set_mode
 from .ptq import QuantConfig, prepare
 
-FORMAT = "cnncompress-quantized"
+FORMAT = QUANTIZED_FORMAT
 
 
 def save_quantized(path: str | os.PathLike, qmodel: fx.GraphModule, spec: ModelSpec, **meta: Any) -> Path:
