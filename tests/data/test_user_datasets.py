@@ -345,6 +345,7 @@ def test_readme_commands_run(readme_dir, capsys):
     train, evaluate_, compress_ = (c[1:] for c in commands)
     train[train.index("--epochs") + 1] = "2"
     assert main(train + ["--quiet"]) == 0 and (readme_dir / "runs/mine.pt").is_file()
+    assert "train top-1" in capsys.readouterr().out  # --quiet silences progress, never the result
     assert main(evaluate_ + ["--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 450
     quick = ["--finetune-epochs", "1", "--qat-epochs", "0", "--sensitivity-images", "200", "--max-rounds", "1",
