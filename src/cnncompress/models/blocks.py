@@ -136,3 +136,17 @@ def init_conv_weights(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out")
+
+
+class FeatureClassifier(nn.Module):
+    """``features`` (a stack ending in ``channels`` maps) then :func:`classifier_head`, He-initialized convs:
+    the shape every 32x32 network of the zoo shares, so each defines only its feature stack."""
+
+    def __init__(self, layers: list[nn.Module], channels: int, num_classes: int, hidden: int = 0) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*layers)
+        self.classifier = classifier_head(channels, num_classes, hidden)
+        init_conv_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .blocks import classifier_head, init_conv_weights
+from .blocks import FeatureClassifier
 
 #: a transition keeps this share of the channels (the "C" of DenseNet-BC)
 COMPRESSION = 0.5
@@ -45,9 +45,8 @@ class DenseBlock(nn.Module):
         return torch.cat(features, dim=1)
 
 
-class DenseNetCifar(nn.Module):
+class DenseNetCifar(FeatureClassifier):
     def __init__(self, depth: int = 40, growth_rate: int = 12, num_classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"DenseNet-BC depth must be 6n+4 (40, 100, 190), got {depth}")
         per_block = (depth - 4) // 6
@@ -61,9 +60,4 @@ class DenseNetCifar(nn.Module):
                 layers += [PreActConv(channels, out, 1), nn.AvgPool2d(2)]
                 channels = out
         layers += [nn.BatchNorm2d(channels), nn.ReLU()]
-        self.features = nn.Sequential(*layers)
-        self.classifier = classifier_head(channels, num_classes)
-        init_conv_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        super().__init__(layers, channels, num_classes)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
-from .blocks import ConvNormAct, InvertedResidual, SqueezeExcite, classifier_head, init_conv_weights, make_divisible
+from .blocks import ConvNormAct, FeatureClassifier, InvertedResidual, SqueezeExcite, make_divisible
 
 # (expansion, kernel, first stride, output channels, repeats)
 B0_SETTINGS: tuple[tuple[int, int, int, int, int], ...] = (
@@ -27,10 +26,9 @@ def _mbconv(cin: int, cout: int, expansion: int, kernel: int, stride: int, drop_
     return InvertedResidual(cin, hidden, cout, kernel, stride, nn.SiLU, se, drop_prob)
 
 
-class EfficientNetB0(nn.Module):
+class EfficientNetB0(FeatureClassifier):
     def __init__(self, num_classes: int = 10, width_mult: float = 1.0, depth_mult: float = 1.0,
                  drop_path_rate: float = 0.2, in_channels: int = 3) -> None:
-        super().__init__()
         channels = make_divisible(32 * width_mult)
         layers: list[nn.Module] = [ConvNormAct(in_channels, channels, 3, 1, act=nn.SiLU)]
         stages = [(t, k, s, make_divisible(c * width_mult), math.ceil(n * depth_mult)) for t, k, s, c, n in B0_SETTINGS]
@@ -43,9 +41,4 @@ class EfficientNetB0(nn.Module):
                 channels = out
         last = 4 * channels
         layers.append(ConvNormAct(channels, last, 1, act=nn.SiLU))
-        self.features = nn.Sequential(*layers)
-        self.classifier = classifier_head(last, num_classes)
-        init_conv_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        super().__init__(layers, last, num_classes)

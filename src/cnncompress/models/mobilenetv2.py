@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from .blocks import init_conv_weights, make_divisible
+
 # (expansion t, output channels c, repeats n, first stride s)
 CIFAR_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
     (1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
 )
-
-
-def _make_divisible(value: float, divisor: int = 8) -> int:
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
@@ -44,11 +41,11 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 10, width_mult: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
-        channels = _make_divisible(32 * width_mult)
-        last = _make_divisible(1280 * max(1.0, width_mult))
+        channels = make_divisible(32 * width_mult)
+        last = make_divisible(1280 * max(1.0, width_mult))
         layers: list[nn.Module] = _conv_bn_relu(in_channels, channels, 3, 1)
         for t, c, n, s in CIFAR_SETTINGS:
-            out = _make_divisible(c * width_mult)
+            out = make_divisible(c * width_mult)
             for i in range(n):
                 layers.append(InvertedResidual(channels, out, s if i == 0 else 1, t))
                 channels = out
@@ -57,9 +54,7 @@ class MobileNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(last, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        init_conv_weights(self)
 
     def forward(self, x):
         return self.classifier(self.flatten(self.avgpool(self.features(x))))

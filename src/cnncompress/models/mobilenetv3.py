@@ -6,10 +6,9 @@ image reaches the last stage at 4x4, as in the zoo's MobileNetV2.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from .blocks import ConvNormAct, InvertedResidual, SqueezeExcite, classifier_head, init_conv_weights, make_divisible
+from .blocks import ConvNormAct, FeatureClassifier, InvertedResidual, SqueezeExcite, make_divisible
 
 RE, HS = nn.ReLU, nn.Hardswish
 # (kernel, expanded channels, output channels, squeeze-and-excite, activation, stride)
@@ -25,9 +24,8 @@ def _se(hidden: int) -> SqueezeExcite:
     return SqueezeExcite(hidden, make_divisible(hidden // 4), act=nn.ReLU, gate=nn.Hardsigmoid)
 
 
-class MobileNetV3Small(nn.Module):
+class MobileNetV3Small(FeatureClassifier):
     def __init__(self, num_classes: int = 10, width_mult: float = 1.0, in_channels: int = 3) -> None:
-        super().__init__()
         channels = make_divisible(16 * width_mult)
         layers: list[nn.Module] = [ConvNormAct(in_channels, channels, 3, 1, act=nn.Hardswish)]
         for kernel, expanded, out, use_se, act, stride in SMALL_SETTINGS:
@@ -36,9 +34,4 @@ class MobileNetV3Small(nn.Module):
             channels = out
         last = 6 * channels
         layers.append(ConvNormAct(channels, last, 1, act=nn.Hardswish))
-        self.features = nn.Sequential(*layers)
-        self.classifier = classifier_head(last, num_classes, hidden=make_divisible(1024 * width_mult))
-        init_conv_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        super().__init__(layers, last, num_classes, hidden=make_divisible(1024 * width_mult))

@@ -7,10 +7,9 @@ first stage keep stride 1 (the ImageNet net reduces 224 to 7 by 32x), so the sta
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from .blocks import ConvNormAct, Residual, classifier_head, init_conv_weights, make_divisible
+from .blocks import ConvNormAct, FeatureClassifier, Residual, make_divisible
 
 STAGE_DEPTHS = (1, 1, 4, 7)
 STAGE_WIDTHS = (24, 56, 152, 368)
@@ -25,10 +24,9 @@ def _x_block(cin: int, cout: int, stride: int, group_width: int) -> Residual:
     return Residual(body, cin, cout, stride)
 
 
-class RegNetCifar(nn.Module):
+class RegNetCifar(FeatureClassifier):
     def __init__(self, num_classes: int = 10, width_mult: float = 1.0, group_width: int = 8,
                  in_channels: int = 3) -> None:
-        super().__init__()
         channels = STEM_WIDTH
         layers: list[nn.Module] = [ConvNormAct(in_channels, channels, 3, 1)]
         for depth, width, stride in zip(STAGE_DEPTHS, STAGE_WIDTHS, STAGE_STRIDES, strict=True):
@@ -36,9 +34,4 @@ class RegNetCifar(nn.Module):
             for i in range(depth):
                 layers.append(_x_block(channels, out, stride if i == 0 else 1, group_width))
                 channels = out
-        self.features = nn.Sequential(*layers)
-        self.classifier = classifier_head(channels, num_classes)
-        init_conv_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        super().__init__(layers, channels, num_classes)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from functools import partial
 
-import torch
 from torch import nn
 
-from .blocks import ConvNormAct, Norm, Residual, classifier_head, init_conv_weights, make_divisible
+from .blocks import ConvNormAct, FeatureClassifier, Norm, Residual, make_divisible
 
 STAGE_WIDTHS = (16, 32, 64)
 
@@ -22,10 +21,9 @@ def _basic_block(cin: int, cout: int, stride: int, norm: Norm) -> Residual:
     return Residual(body, cin, cout, stride, norm)
 
 
-class ResNetGN(nn.Module):
+class ResNetGN(FeatureClassifier):
     def __init__(self, depth: int = 20, num_classes: int = 10, num_groups: int = 8, width_mult: float = 1.0,
                  in_channels: int = 3) -> None:
-        super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
         blocks = (depth - 2) // 6
@@ -38,9 +36,4 @@ class ResNetGN(nn.Module):
             for i in range(blocks):
                 layers.append(_basic_block(channels, width, 2 if stage > 0 and i == 0 else 1, norm))
                 channels = width
-        self.features = nn.Sequential(*layers)
-        self.classifier = classifier_head(channels, num_classes)
-        init_conv_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        super().__init__(layers, channels, num_classes)

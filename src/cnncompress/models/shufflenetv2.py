@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ConvNormAct, classifier_head, init_conv_weights, make_divisible
+from .blocks import ConvNormAct, FeatureClassifier, make_divisible
 
 #: stage output channels of the 1.0x net, scaled by ``width_mult``
 STAGE_CHANNELS = (116, 232, 464)
@@ -66,9 +66,8 @@ class ShuffleUnit(nn.Module):
         return self.shuffle(out)
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(FeatureClassifier):
     def __init__(self, num_classes: int = 10, width_mult: float = 1.0, in_channels: int = 3) -> None:
-        super().__init__()
         channels = 24
         layers: list[nn.Module] = [ConvNormAct(in_channels, channels, 3, 1)]
         for base, repeats in zip(STAGE_CHANNELS, STAGE_REPEATS, strict=True):
@@ -77,9 +76,4 @@ class ShuffleNetV2(nn.Module):
             channels = out
         last = 2048 if width_mult > 1.5 else 1024  # as in the paper's 2.0x net
         layers.append(ConvNormAct(channels, last, 1))
-        self.features = nn.Sequential(*layers)
-        self.classifier = classifier_head(last, num_classes)
-        init_conv_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        super().__init__(layers, last, num_classes)
