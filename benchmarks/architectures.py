@@ -34,7 +34,6 @@ import copy
 import json
 import logging
 import os
-import platform
 import time
 import traceback
 from collections import Counter
@@ -63,7 +62,7 @@ from cnncompress.plan import Budget
 from cnncompress.prune import prune_channels
 from cnncompress.quant import quantize
 from cnncompress.train import TrainConfig, evaluate, fit
-from cnncompress.utils import atomic_write_text, command_line, seed_everything, write_result
+from cnncompress.utils import atomic_write_text, command_line, cpu_name, seed_everything, write_result
 
 log = logging.getLogger("architectures")
 ROOT = Path(__file__).resolve().parents[1]
@@ -603,15 +602,6 @@ def graph_speed_text() -> str | None:
             f"({g['macs_fraction']:.4f}), residual stream kept, {g['utc'][:10]}")
 
 
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -631,7 +621,7 @@ def main(argv: list[str] | None = None) -> None:
              len(data.test))
     settings = {**{k: v for k, v in vars(args).items() if k in SCHEDULE_KEYS},
                 "threads": args.threads, "rounds": args.rounds, "repeats": args.repeats, "tp_rounds": args.tp_rounds,
-                "smoke": args.smoke, "torch": torch.__version__, "onnxruntime": ort.__version__, "cpu": _cpu_name()}
+                "smoke": args.smoke, "torch": torch.__version__, "onnxruntime": ort.__version__, "cpu": cpu_name()}
     invocations = old.get("invocations") or ([{k: old["settings"].get(k) for k in ("command", "wall_minutes")}
                                               | {"utc": old["date"]}] if "settings" in old else [])
     this = {"command": command_line(), "models": args.models, "redo": sorted(args.redo)}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -40,7 +39,7 @@ from cnncompress.quant import CALIBRATORS, qat, quantize
 from cnncompress.quant.checkpoint import load_quantized
 from cnncompress.quant.data import calibration_batches
 from cnncompress.train import TrainConfig, evaluate
-from cnncompress.utils import command_line, write_result
+from cnncompress.utils import command_line, cpu_name, write_result
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
@@ -262,15 +261,6 @@ def to_markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     args = parse_args()
     train = load_dataset("cifar10", "train", data_dir=args.data_dir)
@@ -285,7 +275,7 @@ def main() -> None:
     rows.sort(key=lambda r: (list(WEIGHTS).index(r["model"]), order.index(config_key(r))))
     settings = {**vars(args), "qat_from": args.qat_from and str(args.qat_from), "test_size": len(test),
                 "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
-                "onnxruntime": ort.__version__, "cpu": _cpu_name(),
+                "onnxruntime": ort.__version__, "cpu": cpu_name(),
                 "command": command}
     payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "settings": settings,
                "paper_fp32": PAPER_FP32, "rows": rows}

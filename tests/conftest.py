@@ -84,3 +84,13 @@ def digits_model(digits_train: ImageSet) -> nn.Module:
 @pytest.fixture(scope="session")
 def calib(digits_train: ImageSet) -> ImageSet:
     return digits_train.take(256, seed=1)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny models: they gain nothing from threads, and on busy shared
+    cores OpenMP's waiting slows them manyfold. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,13 +17,7 @@ OPTIONS = dict(finetune_epochs=1, qat_epochs=1, batch_size=64, lr=0.01, sensitiv
                prune_options=(0.5,), calib_images=128, weight_bits=(4, 8), max_rounds=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on shared cores OpenMP's waiting slows them manyfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 #: accuracy lost beyond the budget's 5 points at this flash budget (flash itself is met): the planner's

@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import json
 import os
+import platform
 import random
 import reprlib
 import shlex
@@ -73,6 +74,16 @@ def torch_save_atomic(obj: object, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file so readers never see a partial checkpoint."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def cpu_name() -> str:
+    """The processor's model name, for the machine line of benchmark results."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def command_line() -> str:

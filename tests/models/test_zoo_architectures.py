@@ -72,13 +72,7 @@ def _graph_ops(gm: fx.GraphModule) -> set:
             for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Batch-2 forwards gain nothing from threads, and on busy shared cores OpenMP's waiting slows them manyfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=NAMES)
