@@ -360,10 +360,14 @@ class FirmwareCheck:
     def flash_format(self) -> FlashFormat:
         return c_flash_format(self.target)
 
-    def run(self, qmodel: fx.GraphModule, shape: tuple[int, ...], out: Path, test: ImageSet) -> dict[str, Any]:
-        """Export to ``out/c``, build and run on the host and the core; the record (also kept in ``record``)."""
+    def run(self, qmodel: fx.GraphModule, shape: tuple[int, ...], out: Path, test: ImageSet,
+            onnx_path: Path | None = None) -> dict[str, Any]:
+        """Export to ``out/c``, build and run on the host and the core; the record (also kept in ``record``).
+
+        ``onnx_path``: the model's integer ONNX file when already written (else one is exported to compare with).
+        """
         record = export_c(qmodel, out / "c", shape, self.target, calibration=self.calibration)
-        check = verify_export(record, qmodel, test, out / "c.build", self.target, self.images)
+        check = verify_export(record, qmodel, test, out / "c.build", self.target, self.images, onnx_path)
         if not (check.host_equals_reference and check.mcu_equals_host):
             raise RuntimeError(f"the C build of the compressed model disagrees with the integer reference "
                                f"(host equal: {check.host_equals_reference}, {self.target} equal: "
@@ -373,9 +377,9 @@ class FirmwareCheck:
         return self.record
 
     def measure(self, qmodel: fx.GraphModule, shape: tuple[int, ...], out: Path, test: ImageSet,
-                measured: Measured, scratch: int) -> Measured:
+                measured: Measured, scratch: int, onnx_path: Path) -> Measured:
         """``measured`` with the firmware's flash and RAM (plus the reserve) in place of the container's."""
-        run = self.run(qmodel, shape, out, test)["mcu"]
+        run = self.run(qmodel, shape, out, test, onnx_path)["mcu"]
         return replace(measured, flash_bytes=run["flash_bytes"], ram_bytes=run["ram_bytes"] + scratch,
                        memory_source=f"{self.target} firmware on QEMU {run['board']}: flash = text + data of the "
                                      "model and kernel objects; RAM = their data + bss + painted stack + reserve")
@@ -398,7 +402,7 @@ def _deploy_and_verify(qmodel: nn.Module, float_model: nn.Module, spec: ModelSpe
     measured = measure_artifacts(paths["deployable"], float_model, shape, act_bits=act_bits, scratch_bytes=scratch,
                                  onnx_path=paths["onnx"], accuracy_drop=baseline_top1 - onnx_top1)
     if firmware is not None:
-        measured = firmware.measure(qmodel, shape, out, test, measured, scratch)
+        measured = firmware.measure(qmodel, shape, out, test, measured, scratch, paths["onnx"])
         paths["c_library"] = out / "c"
     return paths, onnx_top1, verify(measured, budget, predicted)
 

@@ -51,8 +51,12 @@ def _logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def verify_export(record: CExport, qmodel: fx.GraphModule, test: ImageSet, build_dir: str | os.PathLike,
-                  mcu_target: str | None = None, mcu_images: int = 100) -> CVerification:
-    """Run the exported C on every image of ``test`` (host) and on the first ``mcu_images`` (emulated MCU)."""
+                  mcu_target: str | None = None, mcu_images: int = 100,
+                  onnx_path: str | os.PathLike | None = None) -> CVerification:
+    """Run the exported C on every image of ``test`` (host) and on the first ``mcu_images`` (emulated MCU).
+
+    ``onnx_path``: ``qmodel``'s integer ONNX export when the caller has written it already (else it is
+    exported into ``build_dir``)."""
     build = Path(build_dir)
     x, y = next(test.batches(len(test)))
     codes = record.input_grid.quantize(x.numpy())
@@ -60,7 +64,7 @@ def verify_export(record: CExport, qmodel: fx.GraphModule, test: ImageSet, build
     reference = np.concatenate([run_program(record.program, codes[i:i + REFERENCE_BATCH])
                                 for i in range(0, len(codes), REFERENCE_BATCH)])
     same = bool(np.array_equal(host, reference))
-    onnx = OnnxRuntimeModule(export_onnx(qmodel, build / "model.onnx", record.input_shape))
+    onnx = OnnxRuntimeModule(onnx_path or export_onnx(qmodel, build / "model.onnx", record.input_shape))
     mcu = equal = None
     if mcu_target is not None:
         n = min(mcu_images, len(codes))
