@@ -56,8 +56,11 @@ class LayerRow:
 @dataclass
 class RunReport:
     """All a report shows. ``candidates`` are ``Candidate`` dicts (predicted), optionally with a
-    measured ``accuracy``; ``sensitivity`` a ``SensitivityTable.to_dict()``; ``stages`` free-form
-    records of what each stage did (name, seconds, ...)."""
+    measured ``accuracy_drop``; ``sensitivity`` a ``SensitivityTable.to_dict()``; ``stages`` records of
+    what each stage did (name, seconds, summary, ...). ``memory_source`` says what the measured flash and
+    RAM were read off (``Measured.memory_source``: the ``.cnnc`` container, or a microcontroller firmware);
+    ``firmware`` is the C build's record when the run built one (``CompressionResult.firmware``);
+    ``file_bytes`` the size of each file in ``paths`` (filled in by ``write_report`` when left empty)."""
 
     title: str
     model: str = ""
@@ -73,6 +76,9 @@ class RunReport:
     paths: dict[str, str] = field(default_factory=dict)
     fits: bool | None = None
     notes: list[str] = field(default_factory=list)
+    memory_source: str | None = None
+    firmware: dict[str, Any] | None = None
+    file_bytes: dict[str, int] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +94,26 @@ class RunReport:
         values["figures"] = [FigureRow(**f) for f in data.get("figures", [])]
         values["layers"] = [LayerRow(**l) for l in data.get("layers", [])]
         return cls(**values)
+
+    @property
+    def measured_on_firmware(self) -> bool:
+        """Whether the measured flash and RAM are a microcontroller firmware's (not the ``.cnnc`` container's)."""
+        if self.firmware and self.firmware.get("mcu"):
+            return True
+        return bool(self.memory_source) and "firmware" in str(self.memory_source)
+
+    @property
+    def firmware_target(self) -> str:
+        """The core the firmware was built for (``cortex-m4``), or ``microcontroller`` when not recorded."""
+        mcu = (self.firmware or {}).get("mcu") or {}
+        if mcu.get("target"):
+            return str(mcu["target"])
+        if self.memory_source and " firmware" in self.memory_source:
+            return self.memory_source.split(" firmware")[0]
+        return "microcontroller"
+
+    def figure(self, name: str) -> FigureRow | None:
+        return next((f for f in self.figures if f.name == name), None)
 
 
 def layer_rows_from_plan(plan: dict[str, Any], weight_bits_before: int = 32, act_bits_before: int = 32

@@ -9,6 +9,25 @@ from ..plan.budget import LABELS, format_limit
 
 PLAN_HEADER = ["layer", "in", "out", "kept in", "kept out", "w bits", "a bits", "sparsity", "flash B", "MACs",
                "cost"]
+#: the unit of a layer's planner cost, by the plan's objective
+COST_UNITS = {"accuracy": "cost (pt)", "loss": "cost (loss)"}
+
+
+def plan_header(plan: dict[str, Any]) -> list[str]:
+    """``PLAN_HEADER`` with the cost column's unit (points of top-1, or loss) for this plan's objective."""
+    return PLAN_HEADER[:-1] + [COST_UNITS.get(plan.get("objective", ""), PLAN_HEADER[-1])]
+
+
+def group_header(plan: dict[str, Any]) -> list[str]:
+    """Columns of the channel-group table, the cost with this plan's unit."""
+    return ["channel group", "channels", "kept", "removed", COST_UNITS.get(plan.get("objective", ""), "cost"),
+            "producing layers"]
+
+
+def group_rows(plan: dict[str, Any]) -> list[list[Any]]:
+    """One row per channel group of a ``Plan.to_dict()``: what pruning it keeps and its predicted cost."""
+    return [[g["name"], g["channels"], g["kept"], f"{100 * g['prune_ratio']:.0f}%", f"{g['cost']:.3f}",
+             ", ".join(g["layers"])] for g in plan.get("groups", [])]
 
 
 def plan_rows(plan: dict[str, Any]) -> list[list[Any]]:
@@ -37,7 +56,7 @@ def limit_rows(predicted: dict[str, Any], budget: dict[str, Any], measured: dict
 
 def plan_table(plan: dict[str, Any]) -> str:
     """The plan as the CLI prints it: layers, then predicted figures against the limits."""
-    lines = [format_table(plan_rows(plan), PLAN_HEADER), ""]
+    lines = [format_table(plan_rows(plan), plan_header(plan)), ""]
     lines.append(format_table(limit_rows(plan["predicted"], plan["budget"]), ["resource", "limit", "predicted"]))
     lines.append(f"predicted accuracy drop {plan['predicted_accuracy_drop']:.2f} pt (sum of per-layer deltas, "
                  f"before fine-tuning); solver: {plan['solver']}")
@@ -47,7 +66,8 @@ def plan_table(plan: dict[str, Any]) -> str:
 
 def markdown_table(rows: list[list[Any]], header: list[str]) -> str:
     """A GitHub-flavoured Markdown table."""
-    cells = [[str(c).replace("|", "\\|") for c in row] for row in rows]
+    cells = [[(f"{c:,}" if isinstance(c, int) and not isinstance(c, bool) else str(c)).replace("|", "\\|")
+              for c in row] for row in rows]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(out)
