@@ -435,8 +435,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sensitivity-images", type=int, help="override the planner's sensitivity images")
     parser.add_argument("--max-rounds", type=int, help="override the case's plan-measure rounds (each re-verifies "
                         "the C build on the whole test set)")
-    parser.add_argument("--qemu-timeout", type=float, help="seconds the QEMU run of 100 images may take (compress "
-                        "leaves run_on_mcu's default of 300 s, too short for ResNet-20 on a busy host)")
+    parser.add_argument("--qemu-timeout", type=float, help="seconds the QEMU run of 100 images may take (default: "
+                        "run_on_mcu's, which grows with the model's MACs: about 1,900 s for ResNet-20 at 20M MACs)")
     parser.add_argument("--ram-reserved", type=int, help="bytes the cortex-m4 profile reserves beside the firmware's "
                         "RAM (default its 16 KiB; 0: the budget's RAM is the firmware's own, stack included); the "
                         "run is recorded under MODEL-reserveN")

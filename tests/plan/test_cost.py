@@ -1,8 +1,10 @@
-"""The cost model predicts what the profiler measures on physically narrower models."""
+"""The cost model predicts what the profiler measures on physically narrower models (RAM: the deployed integer
+graph's activations, ``profile(..., fused=True)``)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,7 +30,7 @@ def test_groups_ties_and_full_width_figures_match_the_profiler():
     assert cost.group_layers("conv2") == ["conv2", "conv3"] and cost.group_layers("conv1") == ["conv1", "dw"]
     assert by_name["fc1"].in_group == "conv2" and by_name["fc1"].in_channels == 12
     assert by_name["conv1"].in_group is None and by_name["fc2"].out_group is None
-    measured = profile(model, (1, 8, 8), act_bits=8)
+    measured = profile(model, (1, 8, 8), act_bits=8, fused=True)
     predicted = cost.predict(Choice(act_bits=8))
     assert predicted.macs == measured.macs
     assert predicted.ram_bytes == measured.peak_activation_bytes + 100
@@ -41,7 +43,7 @@ def test_predictions_match_the_profile_of_a_shrunk_model(widths, act_bits):
     keep = {"conv1": widths[0] / 8, "conv2": widths[1] / 12, "fc1": widths[2] / 20}
     predicted = full.predict(Choice(keep=keep, act_bits=act_bits))
     shrunk = ResDepthNet(*widths)
-    measured = profile(shrunk, (1, 8, 8), act_bits=act_bits)
+    measured = profile(shrunk, (1, 8, 8), act_bits=act_bits, fused=True)
     assert (predicted.macs, predicted.ram_bytes) == (measured.macs, measured.peak_activation_bytes)
     assert predicted.weights == layer_weights(shrunk)
 
@@ -50,7 +52,7 @@ def test_zoo_model_at_half_width_matches_profile():
     full = CostModel.from_model(build_model("digits_cnn"), (1, 8, 8))
     half = build_model("digits_cnn", width=8)
     predicted = full.predict(Choice(keep={g: 0.5 for g in full.groups}, act_bits=8))
-    measured = profile(half, (1, 8, 8), act_bits=8)
+    measured = profile(half, (1, 8, 8), act_bits=8, fused=True)
     assert (predicted.macs, predicted.ram_bytes) == (measured.macs, measured.peak_activation_bytes)
 
 
@@ -121,7 +123,7 @@ def _plan_and_prune(model: nn.Module, shape: tuple[int, ...], keep: float):
     choice = Choice(keep={g: keep for g in cost.groups}, act_bits=8)
     per_layer = {layer: 1 - keep for g in cost.groups for layer in cost.group_layers(g)}
     pruned = prune_channels(model, shape, ratio=0.0, per_layer=per_layer)
-    return cost, cost.predict(choice), profile(pruned, shape, act_bits=8), pruned
+    return cost, cost.predict(choice), profile(pruned, shape, act_bits=8, fused=True), pruned
 
 
 #: nets whose every prunable group covers only part of an axis (one side of a chunk or concat): the
@@ -153,3 +155,101 @@ def test_plans_on_the_zoo_networks_are_what_the_pruner_builds(name, kwargs):
     assert cost.groups
     assert predicted.macs == measured.macs and predicted.weights == layer_weights(pruned)
     assert predicted.ram_bytes >= measured.peak_activation_bytes
+
+
+def test_kernel_calls_count_what_the_c_export_lowers():
+    """Adds, pools, windows (the option-A slice + pad is one) and requantizing copies, as the C lowering emits them."""
+    from cnncompress.export.c import lower
+    from cnncompress.plan.cost import kernel_calls
+    from cnncompress.quant import quantize
+    from opnets import OddNet
+
+    kinds = {"Add": "add", "Window": "window", "MaxPool": "maxpool", "AvgPool": "avgpool", "Concat": "requant"}
+    for model, shape in ((OddNet(), (3, 16, 16)), (build_model("resnet20"), (3, 32, 32)),
+                         (build_model("digits_cnn"), (1, 8, 8))):
+        torch.manual_seed(0)
+        calib = torch.randn(4, *shape)
+        qmodel = quantize(model.eval(), calib, calibration="minmax", weight_calibration="minmax")
+        lowered: dict[str, int] = {}
+        for op in lower(qmodel, shape, calib).ops:
+            kind = kinds.get(type(op.handler).__name__)
+            if kind:
+                lowered[kind] = lowered.get(kind, 0) + len(op.attrs.get("parts", [None]))
+        assert kernel_calls(model) == lowered
+    assert kernel_calls(build_model("resnet20")) == {"add": 9, "window": 2, "avgpool": 1}
+
+
+def test_kernel_calls_cost_flash_only_with_a_code_format():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+            self.pool = nn.MaxPool2d(2)
+            self.fc = nn.Linear(4 * 4 * 4 * 2, 3)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x)) + x  # one add; the ReLU is fused into the conv
+            z = torch.relu(self.pool(y))  # a ReLU after a max pool: a requantizing copy
+            return self.fc(torch.flatten(torch.cat([z, z], 1), 1))  # two more copies
+
+    fmt = FlashFormat(fixed_bytes=100, op_bytes={"add": 10, "maxpool": 20, "requant": 1})
+    cost = CostModel.from_model(Block(), (4, 8, 8), flash=fmt)
+    assert cost.op_calls == {"add": 1, "maxpool": 1, "requant": 3}
+    plain = CostModel.from_model(Block(), (4, 8, 8), flash=replace(fmt, op_bytes={}))
+    assert plain.op_calls == {}
+    assert cost.const_flash_bytes == plain.const_flash_bytes + 10 + 20 + 3
+    assert cost.predict(Choice(act_bits=8)).flash_bytes - plain.predict(Choice(act_bits=8)).flash_bytes == 33
+
+
+class _Unfusable(nn.Module):
+    """What the deployed graph cannot fuse: a ReLU of a conv output read twice (a copy), a BN after an add
+    (a depthwise conv of its own, into which the next ReLU fuses), a ReLU after a max pool (a copy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        s = torch.relu(self.bn(torch.relu(y) + y))
+        return torch.relu(self.pool(self.conv2(s)))
+
+
+@pytest.mark.parametrize(("name", "shape"), [("digits_cnn", (1, 8, 8)), ("oddnet", (3, 16, 16)),
+                                             ("unfusable", (2, 8, 8))])
+def test_ram_buffers_are_the_tensors_the_c_export_writes(name, shape):
+    """One activation buffer per tensor the integer program writes (BN folded into the conv, ReLU/ReLU6 fused
+    into the op before it, copies where they cannot fuse), the input image besides; so the RAM prediction is
+    the lower bound of the C arena whenever the input is not part of the peak. No compiler needed."""
+    from cnncompress.analysis.activations import live_buffers
+    from cnncompress.export.c import lower, plan_arena
+    from cnncompress.quant import quantize
+    from opnets import OddNet
+
+    torch.manual_seed(0)
+    model = {"digits_cnn": lambda: build_model("digits_cnn"), "oddnet": OddNet, "unfusable": _Unfusable}[name]().eval()
+    calib = torch.randn(8, *shape)
+    program = lower(quantize(model, calib, calibration="minmax", weight_calibration="minmax"), shape, calib)
+    gm, buffers = live_buffers(model, calib[:1].clone(), fused=True)
+    nodes = list(gm.graph.nodes)
+    mine = {nodes[b.first].name: b.elements for b in buffers}
+    written = {op.name: program.tensors[op.output].size for op in program.ops}
+    if name == "oddnet":  # a slice is a view here, a copy in C: its slice + pad is one op named after the
+        # slice (same size), and the lone slice ``short[:, :4]`` (256 values) is a copy no buffer stands for
+        written["pad"] = written.pop("getitem")
+        assert written.pop("getitem_1") == 256
+    assert mine == {"x": math.prod(shape), **written}
+    predicted = CostModel.from_model(model, shape).predict(Choice(act_bits=8)).ram_bytes
+    assert predicted == plan_arena(program).lower_bound
+    assert predicted == profile(model, shape, act_bits=8, fused=True).peak_activation_bytes
+
+
+def test_ram_of_digits_cnn_by_hand():
+    """conv -> BN -> ReLU is one buffer: the peak is conv1's and conv2's outputs (16 + 32 channels of 8x8 at
+    8 bits), where the PyTorch graph also holds BN2's output beside conv2's."""
+    model = build_model("digits_cnn").eval()
+    assert CostModel.from_model(model, (1, 8, 8)).predict(Choice(act_bits=8)).ram_bytes == (16 + 32) * 64
+    assert profile(model, (1, 8, 8), act_bits=8).peak_activation_bytes == (32 + 32) * 64

@@ -16,6 +16,7 @@ from cnncompress.plan import (
     Plan,
     PlanOptions,
     SensitivityTable,
+    load_device,
     plan,
 )
 
@@ -99,6 +100,9 @@ def test_sparsity_is_used_when_flash_binds(cost):
     result = plan(cost, table, budget, PlanOptions(weight_bits=BITS, sparsity=True))
     assert isinstance(result, Plan) and max(l.sparsity for l in result.layers) == 0.8
     _check_fits(result, cost, budget)
+    c_options = PlanOptions.for_device(load_device("cortex-m4"), weight_bits=BITS)
+    refused = plan(cost, table, Budget(flash_bytes=1), c_options)  # a C target stores weights dense
+    assert c_options.dense_weights and isinstance(refused, Infeasible) and "sparsity" not in refused.message
 
 
 def test_infeasible_names_binding_constraint_and_smallest_value(cost):

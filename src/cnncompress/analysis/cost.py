@@ -243,14 +243,18 @@ def _unique_params(model: nn.Module) -> list[tuple[str, str, torch.Tensor]]:
 
 
 def profile(model: nn.Module, example_input: ExampleInput, weight_bits: WeightBits = 32,
-            act_bits: int = 32) -> CostReport:
-    """Cost report of ``model`` for one image shaped like ``example_input`` (tensor or (C,H,W)/(N,C,H,W))."""
+            act_bits: int = 32, fused: bool = False) -> CostReport:
+    """Cost report of ``model`` for one image shaped like ``example_input`` (tensor or (C,H,W)/(N,C,H,W)).
+
+    ``fused``: the activation peak of the deployed integer graph (BatchNorm folded, activations fused into
+    the op before them; :mod:`.activations`) rather than of the PyTorch graph.
+    """
     _check_bits(model, weight_bits)
     if act_bits < 1:
         raise ValueError(f"act_bits must be a positive integer, got {act_bits}")
     example = one_image(example_input, model_device(model))
     traces, functional = _run_hooks(model, example)
-    peak = peak_activation(model, example, act_bits)
+    peak = peak_activation(model, example, act_bits, fused)
     unique = _unique_params(model)
     return CostReport(
         params=sum(p.numel() for _, _, p in unique),

@@ -3,9 +3,11 @@
 The planner weighs thousands of candidate settings, so it cannot build each model. ``CostModel``
 traces the model once and records, per conv/linear layer, its weights and MACs at full width and
 which *channel group* sets its input and output widths; per activation buffer, its size, group and
-lifetime (the profiler's live-tensor analysis). A candidate (``Choice``: keep ratio per group, weight
-bits and sparsity per layer, one activation width) is then costed with integer arithmetic that
-matches what ``analysis.profile`` reports for the physically shrunk model.
+lifetime (the profiler's live-tensor analysis of the deployed integer graph, where a BatchNorm folds into
+the conv before it and a ReLU/ReLU6 fuses into the integer op before it, as in the QDQ ONNX model and the
+C export). A candidate (``Choice``: keep ratio per group, weight bits and sparsity per layer, one
+activation width) is then costed with integer arithmetic that matches what
+``analysis.profile(..., fused=True)`` reports for the physically shrunk model.
 
 Channel groups are the pruner's own (:func:`cnncompress.graph.build_channel_graph`), so a plan names
 exactly what a pruning stage can remove. The planner takes the groups that cover every parameter axis
@@ -23,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 from ..analysis.activations import LiveBuffer, live_buffers
 from ..analysis.inputs import ExampleInput, model_device, one_image
@@ -71,6 +73,9 @@ class FlashFormat:
     it) at ``bias_bits``, and quantized layers (< 32 bits) a scale per output channel. Sparse layers
     use Deep Compression's relative indexing: each kept weight carries an ``index_bits`` gap, with
     filler zeros when a gap exceeds what the index can hold (expected count for random positions).
+    ``op_bytes``: flash of each kernel call besides the conv/linear layers, by the kinds
+    :func:`kernel_calls` counts (a code-generating runtime such as the C export; empty for the container).
+    ``runtime_ram_bytes``: RAM the runtime needs besides the activation buffers (the C kernels' stack).
     """
 
     bias_bits: int = 32
@@ -78,6 +83,8 @@ class FlashFormat:
     layer_bytes: int = 64
     fixed_bytes: int = 1024
     index_bits: int = 4
+    op_bytes: Mapping[str, int] = field(default_factory=dict)
+    runtime_ram_bytes: int = 0
 
     def weight_bytes(self, weights: int, bits: int, sparsity: float) -> int:
         """Bytes of ``weights`` values at ``bits`` with a fraction ``sparsity`` pruned to zero."""
@@ -139,8 +146,10 @@ class CostModel:
 
     def __init__(self, layers: list[LayerSpec], buffers: list[ActivationBuffer], groups: Mapping[str, int],
                  steps: int, flash: FlashFormat | None = None, extra_flash_bytes: int = 0,
-                 scratch_bytes: int = 0, unplanned: list[str] | None = None) -> None:
+                 scratch_bytes: int = 0, unplanned: list[str] | None = None,
+                 op_calls: Mapping[str, int] | None = None) -> None:
         self.layers = layers
+        self.op_calls = dict(op_calls or {})  # kernel calls besides conv/linear, by kind (see kernel_calls)
         self.unplanned = list(unplanned or [])
         self.buffers = buffers
         self.groups = dict(groups)
@@ -166,13 +175,25 @@ class CostModel:
         planned = _planned_groups(graph)
         layers = _layer_specs(model, graph, planned)
         groups = {name: graph.groups[g].size for g, name in planned.items()}
-        gm, live = live_buffers(model, example)
+        gm, live = live_buffers(model, example, fused=True)  # BN folded, activations fused
         nodes = list(gm.graph.nodes)
         buffers = [_buffer(graph, planned, nodes[b.first].name, b) for b in live]
         layer_names = {layer.name for layer in layers}
         extra = sum(_extra_param_bytes(m) for n, m in model.named_modules() if n not in layer_names)
         unplanned = [g.modules[0] for g in graph.groups if g.id not in planned and g.modules]
-        return cls(layers, buffers, groups, len(nodes), flash, extra, scratch_bytes, unplanned)
+        calls = kernel_calls(model) if flash is not None and flash.op_bytes else {}
+        return cls(layers, buffers, groups, len(nodes), flash, extra, scratch_bytes, unplanned, calls)
+
+    @property
+    def fixed_ram_bytes(self) -> int:
+        """RAM no choice changes: the reserved scratch and what the runtime itself needs."""
+        return self.scratch_bytes + self.flash.runtime_ram_bytes
+
+    @property
+    def const_flash_bytes(self) -> int:
+        """Flash no choice changes: the format's fixed bytes, other modules' parameters, the non-layer calls."""
+        ops = sum(self.flash.op_bytes.get(kind, 0) * count for kind, count in self.op_calls.items())
+        return self.flash.fixed_bytes + self.extra_flash_bytes + ops
 
     def group_layers(self, group: str) -> list[str]:
         """Layers whose output channels form ``group`` (what a pruning stage prunes for it)."""
@@ -210,19 +231,19 @@ class CostModel:
         return live
 
     def predict(self, choice: Choice, latency: Any = None) -> Prediction:
-        """Flash, RAM (activation peak + scratch), MACs and conv/linear weight count of ``choice``.
+        """Flash, RAM (activation peak + scratch + runtime), MACs and conv/linear weight count of ``choice``.
 
         ``latency``: an object with ``predict_ms(macs)`` (``LatencyModel``) to add a latency figure.
         """
         self.check(choice)
-        flash, macs, weights = self.flash.fixed_bytes + self.extra_flash_bytes, 0, 0
+        flash, macs, weights = self.const_flash_bytes, 0, 0
         for layer in self.layers:
             kin, kout = self.layer_io(choice, layer)
             bits, sparsity = choice.bits.get(layer.name, 32), choice.sparsity.get(layer.name, 0.0)
             flash += self.layer_flash(layer, kin, kout, bits, sparsity)
             macs += layer.scaled(layer.macs, kin, kout)
             weights += layer.scaled(layer.weights, kin, kout)
-        ram = max(self.ram_profile(choice), default=0) + self.scratch_bytes
+        ram = max(self.ram_profile(choice), default=0) + self.fixed_ram_bytes
         ms = latency.predict_ms(macs) if latency is not None else None
         return Prediction(flash, ram, macs, weights, ms)
 
@@ -241,8 +262,57 @@ class CostModel:
         """Layers, groups and overheads (buffers summarised) for reports."""
         return {"layers": [asdict(layer) for layer in self.layers], "groups": dict(self.groups),
                 "buffers": len(self.buffers), "flash_format": asdict(self.flash),
-                "extra_flash_bytes": self.extra_flash_bytes, "scratch_bytes": self.scratch_bytes,
-                "unplanned_groups": self.unplanned}
+                "extra_flash_bytes": self.extra_flash_bytes, "op_calls": dict(self.op_calls),
+                "scratch_bytes": self.scratch_bytes, "unplanned_groups": self.unplanned}
+
+
+def kernel_calls(model: nn.Module) -> dict[str, int]:
+    """Kernel calls an integer runtime makes besides conv/linear, by kind, as the C export lowers the graph.
+
+    One ``add`` per residual add, one ``maxpool`` per max pool, one ``avgpool`` per average or global
+    average pool, one ``window`` per slice or zero pad (a slice read only by the pad after it is one call
+    with it: the option-A shortcut), one ``requant`` (a requantizing copy) per concat input and per ReLU or
+    ReLU6 that no integer op right before it absorbs. Flatten, identity and BN (folded) cost no call.
+    Counted on the graph quantization traces, so the model must trace as it must to be quantized.
+    """
+    from ..quant.graph import trace
+    from ..quant.ops import Role, op_kind, role
+
+    gm = trace(model)
+    modules = dict(gm.named_modules())
+    kinds = {node: op_kind(node, modules) for node in gm.graph.nodes}
+
+    def producer(node: fx.Node) -> fx.Node:  # BN folds into the conv before it
+        while kinds[node] == "bn" and len(node.users) == 1:
+            node = node.args[0]
+        return node
+
+    def absorbed(node: fx.Node) -> bool:  # an activation fused into the integer op (or activation) before it
+        source = producer(node.args[0])
+        if len(node.args[0].users) != 1:
+            return False
+        if kinds[source] in ("relu", "relu6"):
+            return absorbed(source)
+        return role(source, modules) is Role.INTEGER
+
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        kind, count = kinds[node], 1
+        if kind in ("add", "maxpool"):
+            name = kind
+        elif kind in ("avgpool", "gap"):
+            name = "avgpool"
+        elif kind == "slice" or (kind == "pad" and not (kinds[node.args[0]] == "slice"
+                                                        and len(node.args[0].users) == 1)):
+            name = "window"
+        elif kind == "cat":
+            name, count = "requant", len(node.args[0]) if isinstance(node.args[0], list | tuple) else 1
+        elif kind in ("relu", "relu6") and not absorbed(node):
+            name = "requant"
+        else:
+            continue
+        calls[name] = calls.get(name, 0) + count
+    return calls
 
 
 def _extra_param_bytes(module: nn.Module) -> int:

@@ -34,8 +34,9 @@ from .budget import LABELS, Budget, format_limit
 from .cost import Choice, CostModel, Prediction
 from .devices import DeviceProfile
 from .latency import LatencyModel
-from .sensitivity import Objective, SensitivityTable
+from .sensitivity import Delta, Objective, SensitivityTable
 from .space import Figures, Space, State
+from .units import format_bytes
 
 Solver = Literal["auto", "greedy", "exact"]
 _FIGURE_OF = {"flash_bytes": "flash_bytes", "ram_bytes": "ram_bytes", "macs": "macs", "latency_ms": "macs"}
@@ -58,13 +59,16 @@ class PlanOptions:
     exact_max_variables: int = 20000
     time_limit_s: float = 20.0
     frontier_points: int = 0  # extra exact solves along the tightest limit, for the trade-off plot
+    ram_reserved_by: str = ""  # who reserves the cost model's scratch RAM, for messages ("the cortex-m7 profile")
+    dense_weights: bool = False  # the target stores weights dense (a C target): sparsity is never suggested
 
     @classmethod
     def for_device(cls, device: DeviceProfile, **overrides: Any) -> PlanOptions:
         """Widths the device's kernels run; activations at its smallest width of 8 bits or more."""
         wide_enough = [b for b in device.activation_bits if b >= 8]
         act = min(wide_enough) if wide_enough else max(device.activation_bits)
-        return replace(cls(weight_bits=device.weight_bits, act_bits=act), **overrides)
+        return replace(cls(weight_bits=device.weight_bits, act_bits=act, ram_reserved_by=f"the {device.name} profile",
+                           dense_weights=device.c_target is not None), **overrides)
 
 
 @dataclass
@@ -187,10 +191,9 @@ def plan(cost_model: CostModel, table: SensitivityTable, budget: Budget, options
     options = options or PlanOptions()
     space = _space(cost_model, table, options)
     limits = _limits(budget, latency)
-    smallest = space.figures(space.most())
-    missed = _binding(smallest, limits, budget, latency)
-    if missed:
-        return _infeasible(missed, space, options)
+    refused = _unreachable(space, limits, budget, latency, options)
+    if refused is not None:
+        return refused
     greedy_state, candidates = greedy_search(space, limits)
     state, solver = greedy_state, "greedy"
     if options.solver == "exact" or (options.solver == "auto" and exact_size(space) <= options.exact_max_variables):
@@ -207,6 +210,37 @@ def plan(cost_model: CostModel, table: SensitivityTable, budget: Budget, options
     if options.frontier_points > 0:
         candidates += frontier(space, limits, state, options.frontier_points, options.time_limit_s)
     return _build_plan(space, state, solver, budget, latency, candidates)
+
+
+def unreachable(cost_model: CostModel, budget: Budget, options: PlanOptions | None = None,
+                prune_options: tuple[float, ...] = (), sparsity_options: tuple[float, ...] = ()) -> Infeasible | None:
+    """Before any sensitivity is measured: the ``Infeasible`` that :func:`plan` will return whatever the
+    measurements say, or None when the most compressed plan meets every limit the cost model can judge.
+
+    The most compressed plan depends only on which options exist (``prune_options`` per channel group,
+    ``options.weight_bits`` per layer, ``sparsity_options`` per layer when ``options.sparsity``), not on
+    their measured cost, so this needs no data. A latency limit needs a calibrated host and is left to plan().
+    """
+    options = options or PlanOptions()
+    free = Delta(0.0, 0.0)
+    table = SensitivityTable(0.0, 0.0)
+    for group in cost_model.groups:
+        for ratio in prune_options if options.prune else ():
+            table.add("prune", group, ratio, free)
+    widths = {*options.weight_bits, *((options.pinned_bits,) if options.pin_first_last else ())}
+    for layer in cost_model.layer_names:
+        for bits in widths:
+            table.add("bits", layer, bits, free)
+        for sparsity in sparsity_options if options.sparsity else ():
+            table.add("sparsity", layer, sparsity, free)
+    budget = replace(budget, latency_ms=None)
+    return _unreachable(_space(cost_model, table, options), _limits(budget, None), budget, None, options)
+
+
+def _unreachable(space: Space, limits: dict[str, float], budget: Budget, latency: LatencyModel | None,
+                 options: PlanOptions) -> Infeasible | None:
+    missed = _binding(space.figures(space.most()), limits, budget, latency)
+    return _infeasible(missed, space, options) if missed else None
 
 
 def _space(cost_model: CostModel, table: SensitivityTable, options: PlanOptions) -> Space:
@@ -413,7 +447,7 @@ class _Program:
 
     def _resources(self, limits: dict[str, float], add) -> None:
         space = self.space
-        const_flash = space.model.flash.fixed_bytes + space.model.extra_flash_bytes
+        const_flash = space.model.const_flash_bytes
         flash, macs = {}, {}
         for pos, combos in enumerate(self.combos):
             layer = space.model.layers[pos]
@@ -426,7 +460,7 @@ class _Program:
         if mac_caps:
             add(macs, -np.inf, min(mac_caps))
         if "ram_bytes" in limits:
-            self._ram_rows(limits["ram_bytes"] - space.model.scratch_bytes, add)
+            self._ram_rows(limits["ram_bytes"] - space.model.fixed_ram_bytes, add)
 
     def _ram_rows(self, ram: float, add) -> None:
         fixed, parts = self.space.ram_rows()
@@ -500,7 +534,7 @@ def _pinned_names(space: Space, options: PlanOptions) -> set[str]:
 def _suggestions(key: str, space: Space, options: PlanOptions) -> list[str]:
     out = []
     if key == "flash_bytes":
-        if not options.sparsity:
+        if not options.sparsity and not options.dense_weights:
             out.append("allow unstructured sparsity (sparse weight coding)")
         if options.pin_first_last:
             out.append(f"let the first/last layers go below {options.pinned_bits} bits")
@@ -510,10 +544,40 @@ def _suggestions(key: str, space: Space, options: PlanOptions) -> list[str]:
         out.append("allow channel pruning" if not options.prune else "measure sensitivity at higher prune ratios")
     if key == "ram_bytes":
         fixed = int(space.ram_rows()[0].max(initial=0))
+        if space.model.scratch_bytes:
+            out.append(f"reserve less than {space.model.scratch_bytes:,} B of scratch (a device profile YAML "
+                       "with a smaller ram_reserved)")
         out.append(f"allow activations narrower than {options.act_bits} bits")
         out.append(f"note {fixed:,} B of the peak are buffers no plan can shrink (input image, channels fixed by "
                    "residual sums, padding or concatenation)")
     return out
+
+
+def _terms(key: str, smallest: float, space: Space, options: PlanOptions, brief: bool = False) -> str:
+    """How the smallest reachable value of ``key`` adds up, when it is a sum: `` = A activations (how) + B
+    reserved ...``; otherwise `` with`` the compression that reaches it. ``brief``: the sum alone."""
+    how = "" if brief else f" ({_extremes(key, space, options)})"
+    model = space.model
+    if key == "ram_bytes" and model.fixed_ram_bytes:
+        by = f"by {options.ram_reserved_by} (ram_reserved)" if options.ram_reserved_by else "scratch"
+        parts = [f"{format_bytes(smallest - model.fixed_ram_bytes)} peak activations{how}"]
+        if model.scratch_bytes:
+            parts.append(f"{format_bytes(model.scratch_bytes)} ({model.scratch_bytes:,} B) reserved {by}")
+        if model.flash.runtime_ram_bytes:
+            parts.append(f"{model.flash.runtime_ram_bytes:,} B the runtime needs (the kernels' stack)")
+        return " = " + " + ".join(parts)
+    if key == "flash_bytes":
+        fixed = model.flash.fixed_bytes
+        calls = model.const_flash_bytes - fixed - model.extra_flash_bytes
+        parts = [f"{format_bytes(smallest - model.const_flash_bytes)} conv/linear layers{how}"]
+        if fixed:
+            parts.append(f"{format_bytes(fixed)} fixed per model (file header or kernel code)")
+        if calls:
+            parts.append(f"{format_bytes(calls)} calls of other kernels (add, pooling, ...)")
+        if model.extra_flash_bytes:
+            parts.append(f"{format_bytes(model.extra_flash_bytes)} other parameters")
+        return " = " + " + ".join(parts)
+    return "" if brief else f" with {_extremes(key, space, options)}"
 
 
 def _infeasible(missed: list[dict[str, Any]], space: Space, options: PlanOptions) -> Infeasible:
@@ -523,11 +587,14 @@ def _infeasible(missed: list[dict[str, Any]], space: Space, options: PlanOptions
     limit, smallest = format_limit(key, worst["limit"]), format_limit(key, worst["smallest"])
     suggestions = [f"relax {flag} to >= {smallest}", *_suggestions(key, space, options)]
     predicted = " (predicted on this host)" if key == "latency_ms" else ""
-    message = (f"{label} {limit} cannot be met: smallest reachable{predicted} is {smallest} with "
-               f"{_extremes(key, space, options)}; " + "; or ".join(suggestions))
-    others = [m["constraint"] for m in missed if m is not worst]
+    message = (f"{label} {limit} cannot be met: smallest reachable{predicted} is {smallest}"
+               f"{_terms(key, worst['smallest'], space, options)}; " + "; or ".join(suggestions))
+    others = [m for m in missed if m is not worst]
     if others:
-        message += f" (also unreachable: {', '.join(LABELS[o] for o in others)})"
+        message += " (also unreachable: " + ", ".join(
+            f"{LABELS[m['constraint']]} {format_limit(m['constraint'], m['limit'])}, smallest "
+            f"{format_limit(m['constraint'], m['smallest'])}"
+            f"{_terms(m['constraint'], m['smallest'], space, options, brief=True)}" for m in others) + ")"
     return Infeasible(key, worst["limit"], worst["smallest"], message, missed, suggestions)
 
 

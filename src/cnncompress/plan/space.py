@@ -166,7 +166,7 @@ class Space:
         return self._ram_fixed, self._ram_parts
 
     def figures(self, state: State) -> Figures:
-        flash = self.model.flash.fixed_bytes + self.model.extra_flash_bytes
+        flash = self.model.const_flash_bytes
         macs = 0
         for pos, layer in enumerate(self.model.layers):
             f, m = self.layer_figures(layer, self.group_index_of(state, layer.in_group),
@@ -177,5 +177,5 @@ class Space:
         live = self._ram_fixed.copy()
         for gi, oi in enumerate(state.keep):
             live += self._ram_parts[gi][oi]
-        live += self.model.scratch_bytes
-        return Figures(flash, int(live.max(initial=self.model.scratch_bytes)), macs, live)
+        live += self.model.fixed_ram_bytes
+        return Figures(flash, int(live.max(initial=self.model.fixed_ram_bytes)), macs, live)

@@ -121,12 +121,15 @@ def measure_artifacts(artifacts: str | os.PathLike | Sequence[str | os.PathLike]
                       input_shape: tuple[int, ...], act_bits: int = 8, scratch_bytes: int = 0,
                       onnx_path: str | os.PathLike | None = None, accuracy_drop: float | None = None,
                       latency_repeats: int = 30) -> Measured:
-    """Measure the deployable files (flash), the final model (RAM, MACs) and the ONNX file (latency)."""
+    """Measure the deployable files (flash), the final model (RAM, MACs) and the ONNX file (latency).
+
+    RAM is the activation peak of the deployed integer graph (BatchNorm folded, activations fused), as the
+    planner predicts it, plus ``scratch_bytes``."""
     paths = [artifacts] if isinstance(artifacts, (str, os.PathLike)) else list(artifacts)
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing or not paths:
         raise FileNotFoundError(f"artifacts to measure not found: {missing or 'none given'}")
-    report = profile(model, input_shape, act_bits=act_bits)
+    report = profile(model, input_shape, act_bits=act_bits, fused=True)
     latency = None
     if onnx_path is not None:
         timing = measure_latency(onnx_path, input_shape, batch_sizes=(1,), backend="onnxruntime",

@@ -10,8 +10,8 @@ from .host import HostModel
 from .ir import Grid, Program, run_program
 from .lower import lower
 from .ops import HANDLERS, UnsupportedOp
-from .verify import CVerification, verify_export
+from .verify import CVerification, export_verified, verify_export
 
 __all__ = ["HANDLERS", "TARGETS", "ArenaPlan", "CExport", "CVerification", "Grid", "HostModel", "McuRun", "Program",
-           "UnsupportedOp", "export_c", "lower", "plan_arena", "quantize_multiplier", "requantize", "run_on_mcu",
-           "run_program", "verify_export"]
+           "UnsupportedOp", "export_c", "export_verified", "lower", "plan_arena", "quantize_multiplier", "requantize",
+           "run_on_mcu", "run_program", "verify_export"]

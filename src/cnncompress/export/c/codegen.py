@@ -7,6 +7,7 @@ call (:meth:`OpHandler.emit`), so this module only lays out files.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -133,6 +134,12 @@ class CExport:
     output_size: int
     program: Program = field(repr=False)
 
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one inference (conv and linear layers)."""
+        return sum(math.prod(op.attrs["out_shape"][1:]) * int(op.consts["weights"].size) for op in self.program.ops
+                   if "weights" in op.consts)
+
     def to_dict(self) -> dict[str, Any]:
         return {"output_dir": str(self.output_dir), "target": self.target, "files": self.files, "ops": self.ops,
                 **self.arena.to_dict(), "const_bytes": self.const_bytes, "layers": self.layers,
@@ -145,6 +152,15 @@ def _layers(program: Program) -> list[dict[str, Any]]:
              "weights": int(op.consts["weights"].size)} for op in program.ops if "weights" in op.consts]
 
 
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse ``out_dir`` unless it is missing, empty or an earlier export (its ``model.h`` carries the marker)."""
+    if out_dir.exists():
+        header = out_dir / "model.h"
+        ours = header.is_file() and MARKER in header.read_text(encoding="utf-8", errors="replace")[:200]
+        if not out_dir.is_dir() or not (ours or not any(out_dir.iterdir())):
+            raise FileExistsError(f"{out_dir} exists and is not an earlier C export; choose another --output")
+
+
 def write_directory(out_dir: Path, files: dict[str, str]) -> None:
     """Write ``files`` into a fresh directory beside ``out_dir`` and rename it into place.
 
@@ -152,11 +168,7 @@ def write_directory(out_dir: Path, files: dict[str, str]) -> None:
     carries the marker), so no half-written directory ever looks complete and nothing else is lost.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        header = out_dir / "model.h"
-        ours = header.is_file() and MARKER in header.read_text(encoding="utf-8", errors="replace")[:200]
-        if not out_dir.is_dir() or not (ours or not any(out_dir.iterdir())):
-            raise FileExistsError(f"{out_dir} exists and is not an earlier C export; choose another --output")
+    check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

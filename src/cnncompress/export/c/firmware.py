@@ -26,7 +26,7 @@ import numpy as np
 
 from ...plan import FlashFormat, load_device
 from .codegen import kernel_sources
-from .host import c_sources, compile_c
+from .host import CompileError, c_sources, compile_c
 
 BOARDS = {"cortex-m4": "mps2-an386", "cortex-m7": "mps2-an500"}  # QEMU machines with these cores
 TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
@@ -106,8 +106,26 @@ class McuRun:
                 "objects": {k: vars(v) for k, v in self.objects.items()}, "elf": str(self.elf)}
 
 
-#: flash a conv/linear layer adds besides its arrays: its cnnc_conv_params (26 words) and the call in cnnc_run
-C_LAYER_BYTES = 26 * 4 + 16
+#: Flash ``model.c`` adds besides its const arrays, per kernel call: the call's parameter struct (its sizeof in
+#: cnnc_kernels.h: exact) and the call's code in ``cnnc_run``. The code is a least-squares fit of cnnc_run's
+#: size (``arm-none-eabi-nm -S model.o``, arm-none-eabi-gcc 12.2.1 with ARM_FLAGS, the same for cortex-m4 and
+#: cortex-m7) against the calls of each kind, over 40 random nets mixing every kernel plus the digits CNN,
+#: LeNet-5 and ResNet-20: 13.6 B per conv/linear call, 17.2 per add (two inputs), 15.3 per window, 13.4 per
+#: max pool, 13.6 per average pool, 15.2 per requantizing copy, and 44.9 B once; the fit is within 11 B of
+#: every net. The call code varies by a few bytes with how the arena offsets encode. Repeat the measurement
+#: with ``python benchmarks/c_call_bytes.py`` (results/c_call_bytes.md).
+C_STRUCT_BYTES = {"conv": 96, "add": 52, "window": 76, "maxpool": 48, "avgpool": 72, "requant": 28}
+C_CALL_BYTES = {"conv": 14, "add": 17, "window": 15, "maxpool": 13, "avgpool": 14, "requant": 15}
+C_RUN_BYTES = 45  # cnnc_run's prologue and epilogue, the arena's address and the copy of the output
+#: RAM the firmware needs besides the arena: the stack high-water mark of ``cnnc_run`` and its deepest kernel
+#: (painted in QEMU), which the data + bss of the model and kernel objects add nothing to. Measured 300-308 B
+#: on the digits CNN, LeNet-5 and ResNet-20 for cortex-m4 (results/mcu.md); checked against the firmware by
+#: tests/export/test_c_firmware.py.
+C_STACK_BYTES = 308
+#: flash a conv/linear layer adds besides its arrays (weights, bias, multiplier, shift)
+C_LAYER_BYTES = C_STRUCT_BYTES["conv"] + C_CALL_BYTES["conv"]
+#: flash of each other kernel call, by the kinds ``plan.cost.kernel_calls`` counts
+C_OP_BYTES = {kind: C_STRUCT_BYTES[kind] + C_CALL_BYTES[kind] for kind in C_STRUCT_BYTES if kind != "conv"}
 
 
 @functools.cache
@@ -127,8 +145,12 @@ def kernel_code_bytes(target: str) -> int:
 def c_flash_format(target: str) -> FlashFormat:
     """The planner's flash rules for the C library on ``target``, as ``model.c`` lays it out: weights packed
     at their width, an int32 bias and an int32 multiplier and shift per output channel, a parameter struct
-    and a call per layer, and the kernels' code measured by compiling them (the toolchain must be present)."""
-    return FlashFormat(bias_bits=32, scale_bytes=8, layer_bytes=C_LAYER_BYTES, fixed_bytes=kernel_code_bytes(target))
+    and a call per layer and per other kernel call (add, pooling, window, requantizing copy), ``cnnc_run``
+    itself, and the kernels' code measured by compiling them (the toolchain must be present); RAM adds the
+    kernels' stack."""
+    return FlashFormat(bias_bits=32, scale_bytes=8, layer_bytes=C_LAYER_BYTES,
+                       fixed_bytes=kernel_code_bytes(target) + C_RUN_BYTES, op_bytes=dict(C_OP_BYTES),
+                       runtime_ram_bytes=C_STACK_BYTES)
 
 
 def build_firmware(lib_dir: str | os.PathLike, codes: np.ndarray, build_dir: str | os.PathLike,
@@ -149,16 +171,41 @@ def build_firmware(lib_dir: str | os.PathLike, codes: np.ndarray, build_dir: str
         compile_c("arm-none-eabi-gcc", [*flags, "-c", source, "-o", str(obj)], f"{Path(source).name} for {target}")
         objects.append(obj)
     elf = build / "firmware.elf"
-    compile_c("arm-none-eabi-gcc", [*flags, "--specs=rdimon.specs", "-nostartfiles", f"-T{build / 'firmware.ld'}",
-                                    "-Wl,--gc-sections", str(build / "startup.c"), str(build / "main.c"),
-                                    *map(str, objects), "-o", str(elf)], f"the {target} firmware")
+    try:
+        compile_c("arm-none-eabi-gcc", [*flags, "--specs=rdimon.specs", "-nostartfiles", f"-T{build / 'firmware.ld'}",
+                                        "-Wl,--gc-sections", str(build / "startup.c"), str(build / "main.c"),
+                                        *map(str, objects), "-o", str(elf)], f"the {target} firmware")
+    except CompileError as exc:
+        overflows = [line for line in exc.lines if "overflowed by" in line]
+        if not overflows:
+            raise
+        device = load_device(target)
+        raise RuntimeError(f"the model does not fit the {target} memory map (flash {device.flash_bytes:,} B, RAM "
+                           f"{device.ram_bytes:,} B of which {STACK_BYTES + HEAP_BYTES:,} B stack and heap, from "
+                           f"the {target} device profile): {'; '.join(overflows)}") from None
     return elf, object_sizes(objects)
 
 
+#: QEMU's default timeout: TIMEOUT_START_S plus the images' MACs at INSTRUCTIONS_PER_MAC run at SLOWEST_IPS
+#: instructions per second. Measured here: 16-31 instructions per MAC (8-bit weights to packed 4-bit ones),
+#: 500-700M instructions per second under -icount on a loaded 2-core host; the timeout allows 10x slower
+#: (ResNet-20 at 20M MACs, 100 images: 1,900 s; the digits CNN: 330 s).
+TIMEOUT_START_S, INSTRUCTIONS_PER_MAC, SLOWEST_IPS = 300, 40, 50e6
+
+
+def mcu_timeout_s(images: int, macs: int | None) -> float:
+    """Seconds QEMU may take for ``images`` inferences of ``macs`` each (the start-up allowance without ``macs``)."""
+    return TIMEOUT_START_S + (images * macs * INSTRUCTIONS_PER_MAC / SLOWEST_IPS if macs else 0)
+
+
 def run_on_mcu(lib_dir: str | os.PathLike, codes: np.ndarray, output_size: int, build_dir: str | os.PathLike,
-               target: str = "cortex-m4", timeout_s: float = 300) -> McuRun:
-    """Build the firmware for ``target``, run it in QEMU and read back outputs and memory."""
+               target: str = "cortex-m4", timeout_s: float | None = None, macs: int | None = None) -> McuRun:
+    """Build the firmware for ``target``, run it in QEMU and read back outputs and memory.
+
+    ``timeout_s``: how long QEMU may run; by default :func:`mcu_timeout_s` of the images and the model's
+    ``macs`` per inference (``CExport.macs``), 300 s when ``macs`` is not given."""
     board = _board(target)
+    timeout_s = mcu_timeout_s(len(codes), macs) if timeout_s is None else timeout_s
     elf, objects = build_firmware(lib_dir, codes, build_dir, target)
     command = ["qemu-system-arm", "-M", board, *ICOUNT, "-nographic", "-monitor", "none", "-semihosting-config",
                "enable=on,target=native", "-kernel", str(elf)]

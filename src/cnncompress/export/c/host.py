@@ -20,17 +20,25 @@ HOST_FLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic")
 _BUILDS = itertools.count()
 
 
+class CompileError(RuntimeError):
+    """A compiler or linker run failed; the message is its first error line, ``lines`` all it printed."""
+
+    def __init__(self, message: str, lines: list[str]) -> None:
+        super().__init__(message)
+        self.lines = lines
+
+
 def compile_c(compiler: str, args: list[str], what: str) -> None:
-    """Run a compiler; its first error line becomes a one-line RuntimeError naming ``what``."""
+    """Run a compiler; its first error line becomes a one-line :class:`CompileError` naming ``what``."""
     if shutil.which(compiler) is None:
         raise RuntimeError(f"{compiler} not found on PATH (needed to build {what})")
     done = subprocess.run([compiler, *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        lines = [re.sub(r"^\S*/ld: ", "ld: ", line)  # the linker's install path says nothing
+                 for line in done.stderr.splitlines() if line.strip()]
         first = next((line for line in lines if re.search(r"error:|ld: ", line) and "collect2" not in line),
                      lines[0] if lines else f"exit status {done.returncode}")
-        first = re.sub(r"^\S*/ld: ", "ld: ", first)  # the linker's install path says nothing
-        raise RuntimeError(f"{compiler} failed building {what}: {shorten(first, 300)}")
+        raise CompileError(f"{compiler} failed building {what}: {shorten(first, 300)}", lines)
 
 
 def c_sources(lib_dir: str | os.PathLike) -> list[str]:

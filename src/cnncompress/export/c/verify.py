@@ -5,6 +5,8 @@ optionally the Cortex-M firmware in QEMU against the host build."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,12 @@ import numpy as np
 import torch
 from torch import fx
 
-from ...analysis.inputs import eval_mode
+from ...analysis.inputs import ExampleInput, eval_mode
 from ...data import ImageSet
+from ...quant.data import CalibrationData
 from ..onnx_qdq import OnnxRuntimeModule, export_onnx
 from .agreement import OutputAgreement, compare_logits
-from .codegen import CExport
+from .codegen import CExport, check_replaceable, export_c, write_directory
 from .firmware import McuRun, run_on_mcu
 from .host import HostModel
 from .ir import run_program
@@ -68,8 +71,37 @@ def verify_export(record: CExport, qmodel: fx.GraphModule, test: ImageSet, build
     mcu = equal = None
     if mcu_target is not None:
         n = min(mcu_images, len(codes))
-        mcu = run_on_mcu(record.output_dir, codes[:n], record.output_size, build / mcu_target, mcu_target)
+        mcu = run_on_mcu(record.output_dir, codes[:n], record.output_size, build / mcu_target, mcu_target,
+                         macs=record.macs)
         equal = bool(np.array_equal(mcu.outputs, host[:n]))
     return CVerification(len(codes), same, 100 * float((host.argmax(1) == y.numpy()).mean()),
                          compare_logits(host, _logits(qmodel, x), record.output_grid),
                          compare_logits(host, _logits(onnx, x), record.output_grid), mcu, equal)
+
+
+def export_verified(qmodel: fx.GraphModule, out_dir: str | os.PathLike, input_shape: ExampleInput, target: str,
+                    test: ImageSet, build_dir: str | os.PathLike, *, calibration: CalibrationData | None = None,
+                    mcu_target: str | None = None, mcu_images: int = 100, onnx_path: str | os.PathLike | None = None,
+                    require_equal: bool = False) -> tuple[CExport, CVerification]:
+    """:func:`export_c` then :func:`verify_export`, the library moved to ``out_dir`` only once the proof ran.
+
+    A failed proof (a compiler error, a model that does not fit the memory map, a missing tool, QEMU's timeout,
+    and with ``require_equal`` outputs that differ from the integer reference) leaves ``out_dir`` as it was:
+    no library there looks verified. ``out_dir`` is refused before any work unless it is missing, empty or an
+    earlier export."""
+    out = Path(out_dir)
+    check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.unverified.", dir=out.parent))
+    try:
+        record = export_c(qmodel, staging / out.name, input_shape, target, calibration=calibration)
+        check = verify_export(record, qmodel, test, build_dir, mcu_target, mcu_images, onnx_path)
+        if require_equal and not (check.host_equals_reference and (mcu_target is None or check.mcu_equals_host)):
+            raise RuntimeError(f"the C build disagrees with the integer reference (host equal: "
+                               f"{check.host_equals_reference}, {mcu_target} equal: {check.mcu_equals_host}); this "
+                               "is a bug, please report it")
+        write_directory(out, {p.name: p.read_text(encoding="utf-8") for p in sorted(record.output_dir.iterdir())})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    record.output_dir = out
+    return record, check
