@@ -26,7 +26,7 @@ from .analysis import profile
 from .data import ImageSet, as_image_set
 from .data.adapt import UserData
 from .export import OnnxRuntimeModule, export_onnx, export_plan
-from .export.c import export_c, verify_export
+from .export.c import export_verified
 from .export.c.firmware import c_flash_format, missing_tools
 from .models import ModelSpec
 from .plan import (
@@ -46,6 +46,7 @@ from .plan import (
     verify,
 )
 from .plan.devices import C_WEIGHT_BITS
+from .plan.planner import unreachable
 from .plan.sensitivity import Delta
 from .plan.verify import Measured
 from .prune import enforce_masks, lock_zeros, make_permanent, prune_channels, prune_weights
@@ -223,19 +224,35 @@ class _Stages:
         return qmodel, {"ran": True, "val_top1_before": before, "val_top1": after, "drop_before": drop}
 
 
+def _logged(name: str, run: Callable[[nn.Module], tuple[nn.Module, dict[str, Any]]]
+            ) -> Callable[[nn.Module], tuple[nn.Module, dict[str, Any]]]:
+    """``run`` logging its start and its figures at INFO (the run directory logs the seconds), so a run
+    without a terminal still says what it is doing."""
+    def logged(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        log.info("stage %s: started", name)
+        model, summary = run(model)
+        figures = [f"val top-1 {v:.2f}%" if k == "val_top1" else f"{k.replace('_', ' ')} {v:.4g}"
+                   if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                   for k, v in summary.items() if isinstance(v, (int, float, str))]
+        log.info("stage %s: %s", name, ", ".join(figures) or "finished")
+        return model, summary
+    return logged
+
+
 def _run_round(run_dir: RunDirectory, round_no: int, stages: _Stages, model: nn.Module, reference_top1: float,
                ) -> tuple[nn.Module, nn.Module, list[dict[str, Any]]]:
     """One round of stages: (float pruned model, quantized model, stage records)."""
     tag = f"r{round_no}-"
     records = []
-    model, rec = run_dir.run(Stage(tag + "prune", stages.prune), model)
+    model, rec = run_dir.run(Stage(tag + "prune", _logged(tag + "prune", stages.prune)), model)
     records.append(rec)
-    model, rec = run_dir.run(Stage(tag + "finetune", stages.finetune), model)
+    model, rec = run_dir.run(Stage(tag + "finetune", _logged(tag + "finetune", stages.finetune)), model)
     records.append(rec)
-    qmodel, rec = run_dir.run(quantized_stage(tag + "quantize", stages.quantize, stages.spec), copy.deepcopy(model))
+    qmodel, rec = run_dir.run(quantized_stage(tag + "quantize", _logged(tag + "quantize", stages.quantize),
+                                              stages.spec), copy.deepcopy(model))
     records.append(rec)
-    qmodel, rec = run_dir.run(quantized_stage(tag + "qat", lambda m: stages.qat(m, reference_top1), stages.spec),
-                              qmodel)
+    qat_stage = _logged(tag + "qat", lambda m: stages.qat(m, reference_top1))
+    qmodel, rec = run_dir.run(quantized_stage(tag + "qat", qat_stage, stages.spec), qmodel)
     records.append(rec)
     return model, qmodel, [asdict(r) for r in records]
 
@@ -262,6 +279,13 @@ def compress(model: nn.Module, budget: Budget, train_data: UserData, val_data: U
     scratch = device.ram_reserved_bytes if device else 0
     firmware = FirmwareCheck.for_device(device, options, train_data)
     cost = preflight(model, train_data.info.input_shape, scratch, firmware.flash_format() if firmware else None)
+    plan_options = PlanOptions.for_device(device) if device else PlanOptions()
+    if options.weight_bits:
+        plan_options = replace(plan_options, weight_bits=options.weight_bits)
+    plan_options = replace(plan_options, sparsity=bool(options.sparsity_options))
+    refused = unreachable(cost, budget, plan_options, options.prune_options, options.sparsity_options)
+    if refused is not None:  # no sensitivity measurement can change what the most compressed plan reaches
+        raise BudgetInfeasible(refused)
     settings = {"budget": budget.to_dict(), "device": device.to_dict() if device else None,
                 "options": asdict(options), "spec": spec.to_dict()}
     with RunDirectory(out, spec, settings, resume=resume) as run_dir:
@@ -270,10 +294,8 @@ def compress(model: nn.Module, budget: Budget, train_data: UserData, val_data: U
         original = copy.deepcopy(model)
         baseline_val = evaluate(model, val_data, device=options.device).top1
         baseline_test = evaluate(model, test_data, device=options.device).top1
-        plan_options = PlanOptions.for_device(device) if device else PlanOptions()
-        if options.weight_bits:
-            plan_options = replace(plan_options, weight_bits=options.weight_bits)
-        plan_options = replace(plan_options, sparsity=bool(options.sparsity_options))
+        log.info("measuring sensitivity on %d validation images (cached in %s)",
+                 min(options.sensitivity_images, len(val_data)), out / "sensitivity.json")
         table = measure_plan_sensitivity(model, cost, val_data, options, plan_options.weight_bits,
                                          out / "sensitivity.json", progress)
         target = budget
@@ -366,12 +388,9 @@ class FirmwareCheck:
 
         ``onnx_path``: the model's integer ONNX file when already written (else one is exported to compare with).
         """
-        record = export_c(qmodel, out / "c", shape, self.target, calibration=self.calibration)
-        check = verify_export(record, qmodel, test, out / "c.build", self.target, self.images, onnx_path)
-        if not (check.host_equals_reference and check.mcu_equals_host):
-            raise RuntimeError(f"the C build of the compressed model disagrees with the integer reference "
-                               f"(host equal: {check.host_equals_reference}, {self.target} equal: "
-                               f"{check.mcu_equals_host}); this is a bug, please report it")
+        record, check = export_verified(qmodel, out / "c", shape, self.target, test, out / "c.build",
+                                        calibration=self.calibration, mcu_target=self.target,
+                                        mcu_images=self.images, onnx_path=onnx_path, require_equal=True)
         self.record = {"library": str(record.output_dir), "const_bytes": record.const_bytes,
                        **record.arena.to_dict(), **check.to_dict()}
         return self.record
@@ -459,5 +478,5 @@ def _write_report(result: CompressionResult, original: nn.Module, spec: ModelSpe
         candidates=plan_dict.get("candidates", []) if plan_dict else [],
         sensitivity=table.to_dict() if table else None, plan=plan_dict, stages=result.stages,
         paths={k: str(v) for k, v in result.paths.items()}, fits=result.fits,
-        notes=[result.verification.describe()])
+        notes=[result.verification.describe()], memory_source=measured["memory_source"], firmware=result.firmware)
     return {f"report_{k}": v for k, v in write_report(report, out).items()}

@@ -33,10 +33,24 @@ def test_demo_baseline_is_the_same_for_the_same_seed(tmp_path, monkeypatch, digi
     assert torch.load(tmp_path / "a.pt", weights_only=True)["meta"]["seed"] == 0
 
 
-def test_demo_says_what_it_skipped_without_the_toolchain(monkeypatch, tmp_path) -> None:
+def test_demo_says_what_it_skipped_without_the_toolchain(monkeypatch) -> None:
+    """Without the Arm toolchain the demo's budget is the limits alone, checked on the .cnnc container, and says so."""
     import cnncompress.cli.compress as cli_compress
 
     monkeypatch.setattr(cli_compress, "missing_tools", lambda: ["qemu-system-arm"])
-    mcu = cli_compress._demo_on_mcu(None, None, None, tmp_path / "c")
-    assert "qemu-system-arm not found" in cli_compress._render_mcu(mcu, [])
-    assert not (tmp_path / "c").exists()
+    device, budget = cli_compress._demo_budget(None, 57_832, "4096B", "1.0")
+    assert device is None and (budget.flash_bytes, budget.ram_bytes) == (5783, 4096)  # a tenth, no kernel code
+    line = cli_compress._render_mcu({"skipped": cli_compress._missing_toolchain()}, [])
+    assert "qemu-system-arm not found" in line and "checked on the .cnnc container, not on executable C" in line
+
+
+def test_demo_verdict_names_what_it_was_checked_on_and_why_it_misses() -> None:
+    import cnncompress.cli.compress as cli_compress
+
+    out = {"before": {"flash_bytes": 57_832}, "seed": 0, "paths": {}, "baseline_top1": 98.67, "onnx_top1": 96.2,
+           "before_after": [{"figure": "flash_bytes", "limit": 8359, "measured": 7848, "fits": True}], "fits": False,
+           "verification": {"misses": [{"message": "accuracy drop 2.45 pt exceeds 1.00 pt by 1.45 pt"}]},
+           "mcu": {"skipped": "qemu-system-arm not found"}}
+    text = cli_compress._render_demo(out)
+    assert "does NOT fit the budget on the .cnnc container (seed 0): accuracy drop 2.45 pt exceeds" in text
+    assert "after (measured on .cnnc)" in text

@@ -7,13 +7,17 @@ Exit codes: 0 success, 1 an error with a one-line reason on stderr, 2 bad usage,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import shlex
 import sys
+
+from tqdm.std import tqdm
 
 from .. import __version__
 from ..utils import shorten
-from .common import EXIT_ERROR, CLIError, add_common, setup_logging
+from .common import EXIT_ERROR, CLIError, add_common, setup_logging, show_defaults
 
 # Each module has register(subparsers); adding a command means adding its module here.
 COMMAND_MODULES = ("basic", "prune", "encode", "quantize", "compress", "export_c")
@@ -32,11 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub, add_common)
+    show_defaults(parser)
     return parser
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     setup_logging(args)
     try:
@@ -47,11 +56,33 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print(f"cnncompress {args.command}: interrupted", file=sys.stderr)
-        return 130
+        _interrupted(args, argv)
+        return EXIT_INTERRUPTED
     except Exception as exc:
         logging.getLogger(__name__).debug("failure", exc_info=True)
         return _report(args.command, _describe(exc, args.command), EXIT_ERROR)
+
+
+def _interrupted(args: argparse.Namespace, argv: list[str]) -> None:
+    """Say on a line of its own what an interrupted command saved and how to continue it.
+
+    A command that can resume sets ``on_interrupt(args, resume_command) -> str``; the resume command is the
+    command line as typed, with ``--resume`` added when it lacks it.
+    """
+    for bar in list(getattr(tqdm, "_instances", ())):  # bars the interrupt left open: close them (leave=False
+        with contextlib.suppress(Exception):  # ones clear their line) so the message starts a line of its own
+            bar.close()
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")  # whatever is still drawn on this line goes; the message replaces it
+    resume = shlex.join(["cnncompress", *argv, *([] if "--resume" in argv else ["--resume"])])
+    describe = getattr(args, "on_interrupt", None)
+    detail = ""
+    if describe is not None:
+        try:
+            detail = "; " + describe(args, resume)
+        except Exception:  # the interrupt is the news: a failed look at the files must not hide it
+            logging.getLogger(__name__).debug("describing the interrupted run failed", exc_info=True)
+    print(f"cnncompress {args.command}: interrupted (exit {EXIT_INTERRUPTED}){detail}", file=sys.stderr, flush=True)
 
 
 def _describe(exc: Exception, command: str) -> str:

@@ -10,11 +10,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..artifacts import load_artifact
@@ -44,6 +46,32 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true",
                         help="no progress bars or log lines (the result is still printed)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+class _RenamedOption(argparse.Action):
+    """An option that moved to another name: using it is a usage error that names the new option."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", why: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+        self.new, self.why = new, why
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        example = f" (here: {self.new} {values})" if values else ""
+        parser.error(f"{option_string} was renamed {self.new}{example}; {self.why}")
+
+
+#: what a device profile is called on the command line; the torch device has a name of its own
+TORCH_DEVICE_OPTION = "--torch-device"
+
+
+def add_torch_device_arg(parser: argparse.ArgumentParser, what: str = "training and evaluation") -> None:
+    """``--torch-device cpu|cuda[:N]``; ``--device`` means a device profile (compress, demo), so here it is
+    refused with a usage error that names the new option."""
+    parser.add_argument(TORCH_DEVICE_OPTION, default="cpu", metavar="DEVICE",
+                        help=f"torch device for {what}: cpu, cuda or cuda:N")
+    parser.add_argument("--device", action=_RenamedOption, new=TORCH_DEVICE_OPTION,
+                        why="--device names a device profile (cortex-m7, ...) in compress and demo")
 
 
 def add_model_args(parser: argparse.ArgumentParser, weights_required: bool = False) -> None:
@@ -195,6 +223,45 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+_NAMES_DEFAULT = re.compile(r"\(default\b|\bdefault:", re.IGNORECASE)  # help that states its default itself
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append ``(default: X)`` to the help of every option of every subcommand that has a default and
+    does not name it already (flags that are off and options without a default are left alone)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                show_defaults(sub)
+            continue
+        default, text = action.default, action.help
+        unset = default is None or default is False or default in ("", argparse.SUPPRESS)  # 0 and 0.0 are shown
+        if not action.option_strings or text == argparse.SUPPRESS or unset or _NAMES_DEFAULT.search(text or ""):
+            continue
+        action.help = f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def partial_epochs(path: str | os.PathLike) -> int | None:
+    """Finished epochs held by a training checkpoint ``*.partial`` (None: no such file or unreadable)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return int(state["epoch"])
+    except Exception:  # a damaged file is reported by fit itself on --resume
+        return None
+
+
+def refuse_stale_partial(path: str | os.PathLike, resume: bool) -> None:
+    """Without ``--resume``, an epoch checkpoint left by an interrupted run would be overwritten: refuse."""
+    if resume or not os.path.exists(path):
+        return
+    epochs = partial_epochs(path)
+    held = f"holds {epochs} finished epoch{'s' * (epochs != 1)}" if epochs is not None else "exists"
+    raise CLIError(f"{_quoted(Path(path))} {held} of an interrupted run; pass --resume to continue it, "
+                   "or remove the file to start over")
 
 
 def setup_logging(args: argparse.Namespace) -> None:

@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 from ..analysis import profile
 from ..data import ImageSet
-from ..export.c.firmware import missing_tools
+from ..export.c.firmware import kernel_code_bytes, missing_tools
 from ..models import ModelSpec, load_model, save_checkpoint
 from ..pipeline import (
     BudgetInfeasible,
     CompressionResult,
     CompressOptions,
-    FirmwareCheck,
     compress,
     compress_with_recipe,
 )
+from ..plan import Budget, DeviceProfile, load_device
 from ..plan.cli_args import add_budget_args, budget_from_args
+from ..plan.devices import C_WEIGHT_BITS
 from ..plan.units import format_bytes, format_count
 from ..recipe import load_recipe
 from ..train import TrainConfig, fit
 from ..utils import seed_everything
 from .common import (
     EXIT_INFEASIBLE,
+    TORCH_DEVICE_OPTION,
     CLIError,
     add_data_args,
     add_model_args,
@@ -52,38 +55,75 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     p.add_argument("--config", help="recipe YAML: a hand-written stage list instead of the planner "
                                     "(budget flags then only verify)")
     add_common(p)
-    p.set_defaults(handler=run_compress)
+    p.set_defaults(handler=run_compress, on_interrupt=compress_interrupted)
 
     p = sub.add_parser("demo", help="train a small CNN and compress it to a tight budget (digits by default)")
     p.add_argument("--dataset", default="digits", choices=("digits", "mnist", "fashion-mnist"))
     p.add_argument("--data-dir", help="folder with the dataset files (else $CNNCOMPRESS_DATA, ../shared/data)")
     p.add_argument("--output", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--flash", default=None, help="flash limit (default: a tenth of the trained model's fp32 size)")
+    p.add_argument("--flash", default=None, help="flash limit (default: a tenth of the trained model's fp32 weights, "
+                                                 "plus the C kernels' code when the Cortex-M4 toolchain is present)")
     p.add_argument("--ram", default=None, help="RAM limit (default: a quarter of its fp32 activation peak)")
     p.add_argument("--max-accuracy-drop", default="1.0")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffles and subsets "
                                                        "(default 0): a command repeats its result on one machine")
     add_common(p)
-    p.set_defaults(handler=run_demo)
+    p.set_defaults(handler=run_demo, on_interrupt=demo_interrupted)
 
 
 def add_stage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs after pruning")
     p.add_argument("--qat-epochs", type=int, default=2, help="QAT epochs when PTQ loses more than allowed")
     p.add_argument("--max-batches", type=int, help="cap batches per epoch (quick runs)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="fine-tuning and QAT images per step")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (SGD)")
-    p.add_argument("--sensitivity-images", type=int, default=1000)
+    p.add_argument("--sensitivity-images", type=int, default=1000,
+                   help="validation images each sensitivity measurement uses")
     p.add_argument("--criterion", default="l1", help="channel importance: l1, l2, fpgm, bn_scale, random")
     p.add_argument("--max-rounds", type=int, default=3, help="plan-run-verify rounds when a limit is missed")
-    p.add_argument("--train-device", default="cpu", help="torch device for training: cpu or cuda")
+    p.add_argument(TORCH_DEVICE_OPTION, default="cpu", metavar="DEVICE",
+                   help="torch device for fine-tuning, QAT and evaluation: cpu, cuda or cuda:N (--device names "
+                        "the device profile)")
+    p.add_argument("--train-device", dest="torch_device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def options_from_args(args: argparse.Namespace) -> CompressOptions:
     return CompressOptions(finetune_epochs=args.finetune_epochs, qat_epochs=args.qat_epochs, lr=args.lr,
                            batch_size=args.batch_size, max_batches_per_epoch=args.max_batches,
                            sensitivity_images=args.sensitivity_images, criterion=args.criterion,
-                           max_rounds=args.max_rounds, device=args.train_device)
+                           max_rounds=args.max_rounds, device=args.torch_device)
+
+
+def kept_in_run_directory(folder: Path) -> str:
+    """What an interrupted run left in its run directory, in words (finished stages, cached sensitivity)."""
+    kept = []
+    try:
+        stages = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("stages", [])
+        names = [s["name"] for s in stages if isinstance(s, dict) and "name" in s]
+    except (OSError, ValueError, AttributeError):
+        names = []
+    if names:
+        kept.append(f"finished stage{'s' * (len(names) > 1)} {', '.join(names)}")
+    if (folder / "sensitivity.json").is_file():
+        kept.append("the sensitivity measurements")
+    return " and ".join(kept) + f" are kept in {folder}" if kept else f"no stage had finished in {folder}"
+
+
+def compress_interrupted(args: argparse.Namespace, resume_command: str) -> str:
+    folder = Path(args.output)
+    if not (folder / "manifest.json").is_file():  # stopped before the run directory was started
+        return "nothing was saved; run the same command again to start over"
+    return f"{kept_in_run_directory(folder)}; to continue: {resume_command}"
+
+
+def demo_interrupted(args: argparse.Namespace, resume_command: str) -> str:
+    """The demo resumes by itself: the same command reuses the trained baseline and the finished stages."""
+    out = Path(args.output)
+    if not (out / f"baseline-seed{args.seed}.pt").is_file():
+        return "the baseline had not finished training, so nothing was saved; run the same command again"
+    kept = kept_in_run_directory(out / "compress") if (out / "compress" / "manifest.json").is_file() else ""
+    return (f"the trained baseline is kept in {out}" + (f", {kept}" if kept else "")
+            + "; to continue, run the same command again")
 
 
 def split_train_val(train: ImageSet) -> tuple[ImageSet, ImageSet]:
@@ -102,7 +142,7 @@ def run_compress(args: argparse.Namespace) -> int:
     test = load_split(args, name, "test")
     if recipe is not None:
         result = compress_with_recipe(model, {"stages": [{n: o} for n, o in recipe]}, train, val, test, budget,
-                                      output_dir=args.output, spec=spec, device=args.train_device,
+                                      output_dir=args.output, spec=spec, device=args.torch_device,
                                       resume=args.resume, progress=show_progress(args))
     else:
         result = _compress(model, spec, budget, device, train, val, test, args, options_from_args(args))
@@ -161,7 +201,8 @@ def _render(out: dict[str, Any]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Train the digits CNN (or LeNet-5 on MNIST) and compress it to a tenth of its size.
+    """Train the digits CNN (or LeNet-5 on MNIST) and compress it to a tenth of its size: on the Cortex-M4
+    firmware, proved in QEMU, where the Arm toolchain is present (see ``_demo_budget``), else on the .cnnc.
 
     A rerun in the same --output reuses the trained baseline and the finished stages (the run directory
     resumes), so `make demo` can be run again; other settings need another --output."""
@@ -172,11 +213,8 @@ def run_demo(args: argparse.Namespace) -> int:
     test = load_split(args, args.dataset, "test")
     model = _trained_baseline(spec, train, out / f"baseline-seed{args.seed}.pt", args)
     before = profile(model, train.info.input_shape)
-    flash = args.flash or f"{before.weight_bytes // 10}B"
     ram = args.ram or f"{before.peak_activation_bytes // 4}B"
-    budget_args = argparse.Namespace(device=None, flash=flash, ram=ram, macs=None, latency=None,
-                                     max_accuracy_drop=args.max_accuracy_drop)
-    device, budget = budget_from_args(budget_args)
+    device, budget = _demo_budget(args.flash, before.weight_bytes, ram, args.max_accuracy_drop)
     epochs = 10 if args.dataset == "digits" else 2
     options = CompressOptions(finetune_epochs=epochs, qat_epochs=epochs, batch_size=64, lr=0.02,
                               sensitivity_images=len(val), seed=args.seed)
@@ -186,26 +224,38 @@ def run_demo(args: argparse.Namespace) -> int:
     summary["seed"] = args.seed
     summary["before"] = {"flash_bytes": before.weight_bytes, "ram_bytes": before.peak_activation_bytes,
                          "macs": before.macs, "params": before.params}
-    summary["mcu"] = _demo_on_mcu(result, train, test, out)
+    summary["mcu"] = result.firmware or {"skipped": _missing_toolchain()}
     emit(args, summary, _render_demo)
     return 0 if result.fits else EXIT_INFEASIBLE
 
 
-#: images the demo runs on the emulated Cortex-M4 (the host build checks the whole test set)
-DEMO_MCU_IMAGES = 50
+#: the demo's core: with the Arm toolchain and QEMU, the budget is planned for and proved on its firmware
+DEMO_DEVICE = "cortex-m4"
 
 
-def _demo_on_mcu(result: CompressionResult, train: ImageSet, test: ImageSet, out: Path) -> dict[str, Any]:
-    """The compressed model as C on an emulated Cortex-M4: flash and RAM read off the firmware.
+def _demo_budget(flash: str | None, fp32_weight_bytes: int, ram: str, max_accuracy_drop: str
+                 ) -> tuple[DeviceProfile | None, Budget]:
+    """The demo's device and budget; ``flash`` None: a tenth of the fp32 weights (plus the kernels' code on a core).
 
-    Skipped, and said so, where the Arm toolchain or QEMU is missing.
-    """
-    missing = missing_tools()
-    if missing:
-        return {"skipped": f"{', '.join(missing)} not found (apt-get install gcc-arm-none-eabi "
-                           "libnewlib-arm-none-eabi qemu-system-arm)"}
-    check = FirmwareCheck("cortex-m4", train.take(256, seed=0), images=DEMO_MCU_IMAGES)
-    return check.run(result.model, train.info.input_shape, out, test)
+    With the toolchain: the cortex-m4 profile with the demo's limits, the widths the C kernels run (2, 4, 8)
+    and no RAM reserve (the limit is the model's own RAM: the firmware's data, arena and stack). The planner
+    then costs flash as the C library lays it out, and compress ends by building the firmware, running it in
+    QEMU and checking the budget on its measured flash and RAM. The default flash limit adds the kernels'
+    code (measured by compiling them) to the tenth: code every model on the core needs, whatever its size.
+    Without the toolchain: the limits alone, checked on the .cnnc container (the demo says what it skipped)."""
+    if missing_tools():
+        return budget_from_args(argparse.Namespace(device=None, flash=flash or f"{fp32_weight_bytes // 10}B",
+                                                   ram=ram, macs=None, latency=None,
+                                                   max_accuracy_drop=max_accuracy_drop))
+    flash = flash or f"{fp32_weight_bytes // 10 + kernel_code_bytes(DEMO_DEVICE)}B"
+    device = load_device(DEMO_DEVICE, {"flash": flash, "ram": ram, "ram_reserved": 0,
+                                       "weight_bits": list(C_WEIGHT_BITS)})
+    return device, device.budget(max_accuracy_drop)
+
+
+def _missing_toolchain() -> str:
+    return (f"{', '.join(missing_tools())} not found (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
+            "qemu-system-arm)")
 
 
 def _trained_baseline(spec: ModelSpec, train: ImageSet, path: Path, args: argparse.Namespace):
@@ -226,17 +276,23 @@ def _render_demo(out: dict[str, Any]) -> str:
              _show(f["figure"], f["measured"]), {True: "yes", False: "NO", None: "-"}[f["fits"]]]
             for f in out["before_after"] if f["figure"] != "latency_ms"]
     rows.append(["top-1 %", f"{out['baseline_top1']:.2f}", "-", f"{out['onnx_top1']:.2f}", "-"])
-    header = ["figure", "before (fp32)", "limit", "after (measured)", "fits"]
+    on_firmware = "skipped" not in out["mcu"]
+    header = ["figure", "before (fp32)", "limit", "after (measured on the firmware)" if on_firmware else
+              "after (measured on .cnnc)", "fits"]
     verdict = "FITS the budget" if out["fits"] else "does NOT fit the budget"
+    verdict += " on the Cortex-M4 firmware" if on_firmware else " on the .cnnc container"
+    misses = "; ".join(m["message"] for m in out["verification"]["misses"])
+    verdict += f" (seed {out['seed']})" + (f": {misses}" if misses and not out["fits"] else "")
     return (format_table(rows, header)
-            + f"\n\n{verdict} (seed {out['seed']}); report: {out['paths'].get('report_html', '-')}\n"
-            + _render_mcu(out["mcu"], out["before_after"]))
+            + f"\n\n{verdict}; report: {out['paths'].get('report_html', '-')}\n"
+            + _render_mcu(out["mcu"], out["before_after"], budget_on_firmware=on_firmware))
 
 
 def _render_mcu(mcu: dict[str, Any], figures: list[dict[str, Any]], budget_on_firmware: bool = False) -> str:
     """One line on the C build; ``budget_on_firmware``: the budget table already holds these figures."""
     if "skipped" in mcu:
-        return f"C build on an emulated Cortex-M4: skipped, {mcu['skipped']}"
+        return (f"C build on an emulated Cortex-M4: skipped, {mcu['skipped']}; the budget above is checked on "
+                "the .cnnc container, not on executable C")
     limits = {f["figure"]: f["limit"] for f in figures}
     run = mcu["mcu"]
     misses = [f"{key.split('_')[0]} {format_bytes(run[key])} > {format_bytes(limits[key])}"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..artifacts import load_artifact
+from ..data.errors import DataCorruptError, DataNotFoundError
 from ..encode import DeepCompressionConfig, deep_compress, write_cnnc
 from ..models import ModelSpec, default_dataset, save_checkpoint
 from ..prune.unstructured import prunable_layers
@@ -25,6 +27,13 @@ from .common import (
     resolve_model,
     show_progress,
 )
+
+log = logging.getLogger(__name__)
+
+#: a loss of this many top-1 points without fine-tuning is called out (the model may have collapsed)
+LOUD_DROP = 5.0
+UNMEASURED = ("WITHOUT fine-tuning the encoded model's test accuracy is NOT measured, and one-shot pruning and "
+              "weight sharing may have collapsed it")
 
 
 def register(sub: argparse._SubParsersAction, add_common) -> None:
@@ -46,11 +55,14 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     p.add_argument("--distill", action="store_true", help="retrain with the dense input model as teacher")
     p.add_argument("--lr", type=float, default=0.01, help="retraining learning rate")
     p.add_argument("--share-lr", type=float, default=1e-4, help="centroid fine-tuning learning rate (Adam)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128, help="retraining images per step")
+    p.add_argument("--seed", type=int, default=0, help="seed of the retraining shuffles")
     p.add_argument("--full-precision", action="store_true",
                    help="keep codebooks and biases in float32 instead of rounding them to float16")
-    p.add_argument("--evaluate", action="store_true", help="report test top-1 before and after")
+    p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=None,
+                   help="report test top-1 before and after (default: on when there is no fine-tuning, since "
+                        "one-shot pruning and sharing can lose much accuracy; --no-evaluate skips it, with a "
+                        "warning)")
     p.add_argument("--output", required=True, help=".cnnc file to write")
     add_common(p)
     p.set_defaults(handler=run_encode)
@@ -100,10 +112,15 @@ def run_encode(args: argparse.Namespace) -> int:
     if isinstance(sparsity, dict) and args.scope == "global":
         raise CLIError("--scope global takes one --sparsity value")
     bits = parse_layer_values(args.bits, int, layers)
-    needs_data = args.finetune_epochs or args.share_epochs or args.evaluate
-    name = dataset_name(args, spec) if needs_data else None
-    train = load_split(args, name, "train") if args.finetune_epochs or args.share_epochs else None
+    tuned = bool(args.finetune_epochs or args.share_epochs)
+    name = dataset_name(args, spec) if tuned or args.evaluate else None
+    train = load_split(args, name, "train") if tuned else None
     test = load_split(args, name, "test") if args.evaluate else None
+    if test is None and not tuned:
+        if args.evaluate is None:
+            name, test = _test_split_for_one_shot(args, spec)
+        else:
+            log.warning("%s (--no-evaluate)", UNMEASURED)
     before = evaluate(model, test).top1 if test is not None else None
     config = DeepCompressionConfig(
         sparsity=sparsity, bits=bits, scope=args.scope, exclude=exclude, prune_epochs=args.finetune_epochs,
@@ -118,8 +135,30 @@ def run_encode(args: argparse.Namespace) -> int:
            "dense_bytes": report.dense_bytes, "params": report.params, "ratio": report.ratio,
            "top1_before": before, "top1_after": after, "dataset": name,
            "layers": record.sparsity["layers"], "tensors": report.to_dict()["tensors"]}
+    out["finetuned"] = tuned
+    if after is not None and not tuned and before - after > LOUD_DROP:
+        log.warning("one-shot pruning and sharing without fine-tuning lost %.1f points of test top-1 (%.2f%% -> "
+                    "%.2f%%); retrain while pruning with --finetune-epochs N (and --share-epochs)", before - after,
+                    before, after)
     emit(args, out, _render_encode)
     return 0
+
+
+def _test_split_for_one_shot(args: argparse.Namespace, spec: ModelSpec):
+    """(dataset, test split) to measure a one-shot encode on; (None, None), with a loud warning, when the
+    model has no known dataset or its files are missing."""
+    try:
+        name = dataset_name(args, spec)
+        test = load_split(args, name, "test")
+    except CLIError:
+        log.warning("%s: give --dataset to measure it", UNMEASURED)
+    except (DataNotFoundError, DataCorruptError) as exc:
+        log.warning("%s: %s", UNMEASURED, exc)
+    else:
+        log.info("no fine-tuning: measuring test top-1 before and after on %s (%d images; --no-evaluate skips it)",
+                 name, len(test))
+        return name, test
+    return None, None
 
 
 def _render_encode(out: dict[str, Any]) -> str:
@@ -129,6 +168,10 @@ def _render_encode(out: dict[str, Any]) -> str:
              f"ratio {out['ratio']:.1f}x")
     if out["top1_before"] is not None:
         text += f"\ntest top-1 {out['top1_before']:.2f}% -> {out['top1_after']:.2f}% on {out['dataset']}"
+        if not out["finetuned"]:
+            text += " (one-shot, no fine-tuning)"
+    elif not out["finetuned"]:
+        text += "\ntest top-1 NOT measured (no fine-tuning: it may have collapsed; pass --evaluate --dataset NAME)"
     return text
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
-from ..export.c import TARGETS, export_c
+from ..export.c import TARGETS, export_c, export_verified
 from ..export.c.firmware import missing_tools
-from ..export.c.verify import verify_export
 from ..models import ModelSpec
 from ..quant import load_quantized
 from ..quant.deployable import read_deployable
@@ -63,18 +63,23 @@ def run_export_c(args: argparse.Namespace) -> int:
     if args.mcu and missing_tools():
         raise CLIError(f"--mcu needs {', '.join(missing_tools())} (apt-get install gcc-arm-none-eabi "
                        "libnewlib-arm-none-eabi qemu-system-arm)")
+    if args.verify and shutil.which("gcc") is None:
+        raise CLIError("--verify needs the C compiler gcc on PATH (apt-get install gcc)")
     qmodel, spec, stored_dataset = _load(Path(args.model), ModelSpec(args.factory) if args.factory else None)
     args.dataset = args.dataset or stored_dataset
     shape = input_shape(args, spec)
     train = load_split(args, dataset_name(args, spec), "train")
-    record = export_c(qmodel, args.output, shape, args.target, calibration=train.take(min(args.calib_size,
-                                                                                          len(train))))
-    result = {"model": spec.factory, **record.to_dict()}
-    if args.verify:
+    calibration = train.take(min(args.calib_size, len(train)))
+    if args.verify:  # the library lands in --output only once its proof ran
         test = load_split(args, dataset_name(args, spec), "test")
         build = Path(args.build_dir or f"{Path(args.output)}.build")
-        result["verification"] = verify_export(record, qmodel, test, build, args.target if args.mcu else None,
-                                               args.mcu_images).to_dict()
+        record, check = export_verified(qmodel, args.output, shape, args.target, test, build,
+                                        calibration=calibration, mcu_target=args.target if args.mcu else None,
+                                        mcu_images=args.mcu_images)
+        result = {"model": spec.factory, **record.to_dict(), "verification": check.to_dict()}
+    else:
+        record = export_c(qmodel, args.output, shape, args.target, calibration=calibration)
+        result = {"model": spec.factory, **record.to_dict()}
     emit(args, result, _render)
     return 0
 

@@ -42,10 +42,10 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     p.add_argument("--cle", action="store_true", help="cross-layer equalization before quantizing")
     p.add_argument("--bias-correction", action="store_true", help="empirical bias correction")
     p.add_argument("--adaround", action="store_true", help="learn the rounding of layers below 8 bits")
-    p.add_argument("--adaround-iters", type=int, default=1000)
+    p.add_argument("--adaround-iters", type=int, default=1000, help="optimisation steps per layer for --adaround")
     p.add_argument("--lsq", action="store_true", help="QAT learns the quantizer scales (LSQ)")
     p.add_argument("--limit", type=int, help="evaluate on the first N test images only")
-    p.add_argument("--latency-repeats", type=int, default=20)
+    p.add_argument("--latency-repeats", type=int, default=20, help="timed runs per batch size")
     p.add_argument("--output", required=True, help="directory for quantized.pt and model.onnx")
     add_train_args(p)  # --epochs > 0 runs QAT after PTQ, with the float model as distillation teacher
     add_common(p)
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     add_data_args(p)
     p.add_argument("--bits", default="8,6,4,3,2", help="comma-separated weight bit widths")
     p.add_argument("--limit", type=int, default=1000, help="evaluate on N stratified test images")
-    p.add_argument("--per-tensor", action="store_true")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per layer, not per channel")
     add_common(p)
     p.set_defaults(handler=run_sensitivity)
 
