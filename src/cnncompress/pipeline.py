@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from . import distributed
 from .analysis import profile
 from .data import ImageSet, as_image_set
 from .data.adapt import UserData
@@ -172,10 +173,11 @@ class _Stages:
     """The stages of one round, closed over the data, the plan and the original model (the teacher)."""
 
     def __init__(self, original: nn.Module, spec: ModelSpec, the_plan: Plan, train: ImageSet, val: ImageSet,
-                 options: CompressOptions, budget: Budget, progress: bool) -> None:
+                 options: CompressOptions, budget: Budget, progress: bool, partial: Callable[[str], Path]) -> None:
         self.original, self.spec, self.plan = original, spec, the_plan
         self.train, self.val, self.options, self.budget, self.progress = train, val, options, budget, progress
         self.shape = train.info.input_shape
+        self.partial = partial  # stage name -> its per-epoch checkpoint, so a resumed stage continues mid-way
 
     def sparsities(self) -> dict[str, float]:
         return {layer: s for layer, s in self.plan.choice.sparsity.items() if s > 0}
@@ -201,9 +203,12 @@ class _Stages:
             if hooks:
                 lock_zeros(model)
             config = _train_config(self.options, epochs, self.options.lr)
-            fit(model, self.train, config, teacher=self.original, after_step=hooks, progress=self.progress)
+            record = fit(model, self.train, config, teacher=self.original, after_step=hooks, progress=self.progress,
+                         checkpoint=self.partial("finetune"), resume=True)
             make_permanent(model)
-        return model, {"epochs": epochs, "val_top1": evaluate(model, self.val, device=self.options.device).top1}
+        summary = {"epochs": epochs, "val_top1": evaluate(model, self.val, device=self.options.device).top1}
+        return model, summary | ({"resumed_from_epoch": record.resumed_from_epoch}
+                                 if epochs and record.resumed_from_epoch else {})
 
     def quantize(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         calib = self.train.take(min(self.options.calib_images, len(self.train)), seed=self.options.seed)
@@ -219,9 +224,12 @@ class _Stages:
         if drop <= self.budget.max_accuracy_drop or not self.options.qat_epochs:
             return qmodel, {"ran": False, "val_top1": before, "drop_before": drop}
         config = _train_config(self.options, self.options.qat_epochs, self.options.qat_lr, optimizer="adam")
-        qat(qmodel, self.train, config, teacher=self.original, progress=self.progress)
+        record = qat(qmodel, self.train, config, teacher=self.original, progress=self.progress,
+                     checkpoint=self.partial("qat"), resume=True)
         after = evaluate(qmodel, self.val, device=self.options.device).top1
-        return qmodel, {"ran": True, "val_top1_before": before, "val_top1": after, "drop_before": drop}
+        summary = {"ran": True, "val_top1_before": before, "val_top1": after, "drop_before": drop}
+        resumed = record.resumed_from_epoch
+        return qmodel, summary | ({"resumed_from_epoch": resumed} if resumed else {})
 
 
 def _logged(name: str, run: Callable[[nn.Module], tuple[nn.Module, dict[str, Any]]]
@@ -301,17 +309,21 @@ def compress(model: nn.Module, budget: Budget, train_data: UserData, val_data: U
         target = budget
         stage_log: list[dict[str, Any]] = []
         for round_no in range(1, options.max_rounds + 1):
-            the_plan = plan(cost, table, target, replace(plan_options, frontier_points=6))
+            the_plan = distributed.on_main(plan, cost, table, target, replace(plan_options, frontier_points=6))
             if isinstance(the_plan, Infeasible):
                 raise BudgetInfeasible(the_plan)
             the_plan.save(out / f"plan-r{round_no}.json")
             log.info("round %d plan:\n%s", round_no, the_plan.table())
-            stages = _Stages(original, spec, the_plan, train_data, val_data, options, budget, progress)
+            partial = lambda name, tag=f"r{round_no}-": out / f"{tag}{name}.partial.pt"  # noqa: E731
+            stages = _Stages(original, spec, the_plan, train_data, val_data, options, budget, progress, partial)
             pruned, qmodel, records = _run_round(run_dir, round_no, stages, copy.deepcopy(model), baseline_val)
+            for name in ("finetune", "qat"):  # those stages' outputs are saved: their epoch checkpoints are spent
+                if distributed.is_main():
+                    partial(name).unlink(missing_ok=True)
             stage_log += records
-            paths, onnx_top1, verification = _deploy_and_verify(
-                qmodel, pruned, spec, shape, out, test_data, budget, baseline_test, the_plan.choice.act_bits, scratch,
-                the_plan.predicted, firmware)
+            paths, onnx_top1, verification, firmware_record = distributed.on_main(
+                _deploy_and_verify, qmodel, pruned, spec, shape, out, test_data, budget, baseline_test,
+                the_plan.choice.act_bits, scratch, the_plan.predicted, firmware)
             log.info("round %d: %s", round_no, verification.describe())
             if verification.fits or not verification.misses or round_no == options.max_rounds:
                 break
@@ -321,8 +333,9 @@ def compress(model: nn.Module, budget: Budget, train_data: UserData, val_data: U
             target = tighten(target, verification)
         top1 = evaluate(qmodel, test_data, device=options.device).top1
         result = CompressionResult(qmodel, the_plan, verification, baseline_test, top1, onnx_top1, paths, stage_log,
-                                   firmware.record if firmware else None)
-        paths.update(_write_report(result, original, spec, shape, table, device, budget, out, test_data.info.name))
+                                   firmware_record)
+        paths.update(distributed.on_main(_write_report, result, original, spec, shape, table, device, budget, out,
+                                         test_data.info.name))
         return result
 
 
@@ -407,7 +420,7 @@ class FirmwareCheck:
 def _deploy_and_verify(qmodel: nn.Module, float_model: nn.Module, spec: ModelSpec, shape: tuple[int, ...],
                        out: Path, test: ImageSet, budget: Budget, baseline_top1: float, act_bits: int,
                        scratch: int, predicted: Any = None, firmware: FirmwareCheck | None = None
-                       ) -> tuple[dict[str, Path], float, Verification]:
+                       ) -> tuple[dict[str, Path], float, Verification, dict[str, Any] | None]:
     """Write the deployable .cnnc, the QDQ ONNX and a checkpoint; measure them against ``budget``.
 
     Flash is the deployable's file size; RAM and MACs come from the deployed graph (the float graph
@@ -423,7 +436,7 @@ def _deploy_and_verify(qmodel: nn.Module, float_model: nn.Module, spec: ModelSpe
     if firmware is not None:
         measured = firmware.measure(qmodel, shape, out, test, measured, scratch, paths["onnx"])
         paths["c_library"] = out / "c"
-    return paths, onnx_top1, verify(measured, budget, predicted)
+    return paths, onnx_top1, verify(measured, budget, predicted), firmware.record if firmware else None
 
 
 def compress_with_recipe(model: nn.Module, recipe: str | Path | dict[str, Any], train_data: UserData,
@@ -449,11 +462,12 @@ def compress_with_recipe(model: nn.Module, recipe: str | Path | dict[str, Any], 
         float_model, qmodel, records = run_recipe(copy.deepcopy(model), stages, spec, train_data, val_data, run_dir,
                                                   device, progress=progress)
         act_bits = qmodel.quant_config.act_bits
-        paths, onnx_top1, verification = _deploy_and_verify(qmodel, float_model, spec, shape, out, test_data, budget,
-                                                            baseline_test, act_bits, 0)
+        paths, onnx_top1, verification, _ = distributed.on_main(
+            _deploy_and_verify, qmodel, float_model, spec, shape, out, test_data, budget, baseline_test, act_bits, 0)
         top1 = evaluate(qmodel, test_data, device=device).top1
         result = CompressionResult(qmodel, None, verification, baseline_test, top1, onnx_top1, paths, records)
-        paths.update(_write_report(result, model, spec, shape, None, None, budget, out, test_data.info.name))
+        paths.update(distributed.on_main(_write_report, result, model, spec, shape, None, None, budget, out,
+                                         test_data.info.name))
     return result
 
 

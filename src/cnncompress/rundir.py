@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from torch import nn
 
+from . import distributed
 from .models import ModelSpec, load_model, save_checkpoint
 from .quant import load_quantized, save_quantized
 from .utils import atomic_write_text, shorten
@@ -101,8 +102,13 @@ class RunDirectory:
     def __init__(self, path: str | Path, spec: ModelSpec, config: dict[str, Any], resume: bool = False) -> None:
         self.path = Path(path)
         self.spec = spec
-        self.path.mkdir(parents=True, exist_ok=True)
         self.config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
+        self._lock: IO[str] | None = None
+        self.records: list[StageRecord] = distributed.on_main(lambda: self._open(resume))
+
+    def _open(self, resume: bool) -> list[StageRecord]:
+        """Take the folder (rank 0 alone under torch.distributed): lock it, read earlier stages, write the manifest."""
+        self.path.mkdir(parents=True, exist_ok=True)
         self._lock = _hold_lock(self.path)
         try:
             self.records = self._earlier_records(resume)
@@ -110,10 +116,12 @@ class RunDirectory:
         except BaseException:
             self.close()
             raise
+        return self.records
 
     def close(self) -> None:
         """Release the run directory to other processes (``with RunDirectory(...)`` does it on exit)."""
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.close()
 
     def __enter__(self) -> RunDirectory:
         return self
@@ -146,7 +154,12 @@ class RunDirectory:
         return next((r for r in self.records if r.name == name), None)
 
     def run(self, stage: Stage, model: nn.Module) -> tuple[nn.Module, StageRecord]:
-        """Run ``stage`` on ``model``, or reload its stored output when it already finished."""
+        """Run ``stage`` on ``model``, or reload its stored output when it already finished.
+
+        Under torch.distributed every rank runs the stage and ends it holding rank 0's model, which
+        rank 0 alone saves; a resumed stage is read by every rank (keep the run directory on a
+        filesystem all ranks see).
+        """
         finished = self.done(stage.name)
         if finished is not None and finished.artifact:
             artifact = self.path / finished.artifact
@@ -155,6 +168,7 @@ class RunDirectory:
             return loaded, StageRecord(**{**asdict(finished), "resumed": True})
         began = time.perf_counter()
         model, summary = stage.run(model)
+        distributed.broadcast_model(model)
         artifact = self.path / f"{len(self.records):02d}-{stage.name}{stage.suffix}"
         if stage.save:
             stage.save(model, artifact)

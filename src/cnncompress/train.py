@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import ImageSet, as_image_set
 from .data.adapt import UserData
 from .utils import NO_WEIGHT_DECAY, check_finite, seed_everything, torch_save_atomic
@@ -86,11 +87,12 @@ class EvalResult:
 
 @dataclass
 class TrainRecord:
-    """What a training run did, one entry per finished epoch."""
+    """What a training run did, one entry per finished epoch (the figures are over all processes)."""
 
     config: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_epoch: int = 0
+    processes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,13 +161,16 @@ def _to_device(tensor: torch.Tensor, device: str) -> torch.Tensor:
 SYNC_EVERY = 25  # steps between host reads of the running loss: each read stalls an accelerator's queue
 
 
-def _run_epoch(model, train: ImageSet, config, optimizer, epoch, teacher, loss_terms, after_step, progress):
+def _run_epoch(model, train: ImageSet, config, optimizer, epoch, teacher, loss_terms, after_step, progress, device):
+    """One epoch of global batches; under torch.distributed each rank trains on its share of each batch
+    (the batches and their augmentation are drawn identically on every rank, so the run does not depend
+    on the number of processes)."""
     model.train()
     n_batches = train.num_batches(config.batch_size, drop_last=True)
     if config.max_batches_per_epoch:
         n_batches = min(n_batches, config.max_batches_per_epoch)
-    loss_sum = torch.zeros((), device=config.device)
-    correct = torch.zeros((), dtype=torch.long, device=config.device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     batches = train.batches(config.batch_size, shuffle=True, augment=config.augment,
                             seed=config.seed * 1000 + epoch, drop_last=True)
@@ -175,7 +180,7 @@ def _run_epoch(model, train: ImageSet, config, optimizer, epoch, teacher, loss_t
             break
         for group in optimizer.param_groups:
             group["lr"] = config.lr * _lr_factor(config, (epoch + step / n_batches) / max(config.epochs, 1))
-        x, y = _to_device(x, config.device), _to_device(y, config.device)
+        x, y = _to_device(distributed.my_slice(x), device), _to_device(distributed.my_slice(y), device)
         if config.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         loss, logits = _batch_loss(model, x, y, config, teacher, loss_terms)
@@ -192,8 +197,9 @@ def _run_epoch(model, train: ImageSet, config, optimizer, epoch, teacher, loss_t
             _check_finite(loss_sum, epoch)
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
     bar.close()
-    _check_finite(loss_sum, epoch)
-    return loss_sum.item() / max(seen, 1), 100.0 * correct.item() / max(seen, 1)
+    loss_total, correct_total, seen_total = distributed.all_reduce_sum([loss_sum.item(), correct.item(), seen])
+    _check_finite(torch.tensor(loss_total), epoch)
+    return loss_total / max(seen_total, 1), 100.0 * correct_total / max(seen_total, 1)
 
 
 def fit(model: nn.Module, train: UserData, config: TrainConfig, val: UserData | None = None,
@@ -205,34 +211,45 @@ def fit(model: nn.Module, train: UserData, config: TrainConfig, val: UserData | 
     ``train``/``val``: an ImageSet, a Dataset of (float image, label) or a DataLoader of (x, y) batches
     (see :func:`~cnncompress.data.as_image_set`; a user's data is loaded once and batched here with
     ``config.batch_size``, so the same images give the same run whichever form they come in).
+
+    Under ``torch.distributed`` (e.g. launched by ``torchrun``) the model trains as DistributedDataParallel:
+    ``config.batch_size`` and ``config.lr`` are per global batch, each rank trains on an equal share of
+    every batch, BatchNorm uses the global batch's statistics, and rank 0 alone writes the checkpoint,
+    so the same seed gives the same weights on any number of processes (to float rounding) and a run
+    resumes on a different number of them.
     """
     train = as_image_set(train, need_labels=True, source="fit: train data", progress=progress)
     if val is not None:
         val = as_image_set(val, need_labels=True, source="fit: validation data", progress=progress)
+    progress = progress and distributed.is_main()
     seed_everything(config.seed)
+    device = distributed.torch_device(config.device)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(config.device, memory_format=layout)
+    model.to(device, memory_format=layout)
     if teacher is not None:
-        teacher.to(config.device, memory_format=layout).eval()
+        teacher.to(device, memory_format=layout).eval()
     optimizer = _make_optimizer(model, config)
-    record = TrainRecord(config=asdict(config))
+    record = TrainRecord(config=asdict(config), processes=distributed.world_size())
     start = 0
-    if resume and checkpoint and Path(checkpoint).is_file():
+    if resume and checkpoint:
         start = _restore(checkpoint, model, optimizer, record)
-        log.info("resumed from %s after epoch %d", checkpoint, start)
-    for epoch in range(start, config.epochs):
-        began = time.perf_counter()
-        loss, acc = _run_epoch(model, train, config, optimizer, epoch, teacher, loss_terms, after_step, progress)
-        entry = {"epoch": epoch + 1, "train_loss": loss, "train_top1": acc,
-                 "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - began}
-        if val is not None:
-            result = evaluate(model, val, device=config.device)
-            entry.update(val_top1=result.top1, val_loss=result.loss)
-        record.history.append(entry)
-        log.info("epoch %d/%d %s", epoch + 1, config.epochs,
-                 " ".join(f"{k}={v:.4g}" for k, v in entry.items() if k != "epoch"))
-        if checkpoint:
-            _save_state(checkpoint, model, optimizer, record, epoch + 1)
+        if start:
+            log.info("resumed from %s after epoch %d", checkpoint, start)
+    with distributed.data_parallel(model) as trained:
+        for epoch in range(start, config.epochs):
+            began = time.perf_counter()
+            loss, acc = _run_epoch(trained, train, config, optimizer, epoch, teacher, loss_terms, after_step,
+                                   progress, device)
+            entry = {"epoch": epoch + 1, "train_loss": loss, "train_top1": acc,
+                     "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - began}
+            if val is not None:
+                result = evaluate(model, val, device=config.device)
+                entry.update(val_top1=result.top1, val_loss=result.loss)
+            record.history.append(entry)
+            log.info("epoch %d/%d %s", epoch + 1, config.epochs,
+                     " ".join(f"{k}={v:.4g}" for k, v in entry.items() if k != "epoch"))
+            if checkpoint:
+                _save_state(checkpoint, model, optimizer, record, epoch + 1)
     for module in (model, teacher):  # hand back the ordinary layout that export and other tools expect
         if module is not None:
             module.to(memory_format=torch.contiguous_format)
@@ -245,14 +262,24 @@ def _save_state(path, model, optimizer, record: TrainRecord, epoch: int) -> None
                        "history": record.history, "config": record.config}, path)
 
 
-def _restore(path, model, optimizer, record: TrainRecord) -> int:
-    """Load an epoch checkpoint written by :func:`_save_state`; a foreign or damaged one is a ValueError."""
+def _read_state(path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The epoch checkpoint at ``path`` (None when there is none); a foreign or damaged one is a ValueError."""
+    if not Path(path).is_file():
+        return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for bad files
         raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({str(exc)[:120]})") from exc
-    if not isinstance(state, dict) or state.get("config") != record.config:
+    if not isinstance(state, dict) or state.get("config") != config:
         raise ValueError(f"cannot resume from {path}: it was written with a different training config")
+    return state
+
+
+def _restore(path, model, optimizer, record: TrainRecord) -> int:
+    """Continue from the epoch checkpoint at ``path`` (read by rank 0, handed to every rank); 0 without one."""
+    state = distributed.on_main(lambda: _read_state(path, record.config))
+    if state is None:
+        return 0
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -271,28 +298,33 @@ def evaluate(model: nn.Module, data: UserData, batch_size: int = 256, device: st
     """Top-1/top-5 accuracy (percent), mean loss and confusion counts of ``model`` on ``data``.
 
     ``data``: an ImageSet, a Dataset of (float image, label) or a DataLoader of (x, y) batches. The
-    confusion matrix is square over the model's classes or the data's, whichever are more.
+    confusion matrix is square over the model's classes or the data's, whichever are more. Under
+    ``torch.distributed`` the batches are shared out across the ranks and the figures gathered in
+    batch order, so every rank gets exactly the single-process result.
     """
     check_finite(model, "evaluate")
     data = as_image_set(data, need_labels=True, source="evaluate: data", progress=progress)
     was_training = model.training
-    model.eval().to(device)
-    classes = data.info.num_classes
-    confusion = torch.zeros(classes, classes, dtype=torch.long)
-    loss_sum, top5 = 0.0, 0
-    bar = tqdm(total=data.num_batches(batch_size), desc="evaluate", disable=not progress, leave=False)
-    for x, y in data.batches(batch_size):
-        logits = model(x.to(device)).float().cpu()
-        if logits.shape[1] > classes:  # a test split need not hold every class the model knows
-            confusion = F.pad(confusion, (0, logits.shape[1] - classes, 0, logits.shape[1] - classes))
-            classes = logits.shape[1]
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        confusion += torch.bincount(y * classes + logits.argmax(1), minlength=classes * classes).view(classes, classes)
-        k = min(5, logits.shape[1])
-        top5 += (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum().item()
+    model.eval().to(distributed.torch_device(device))
+    n_batches = data.num_batches(batch_size)
+    bar = tqdm(total=n_batches, desc="evaluate", disable=not (progress and distributed.is_main()), leave=False)
+
+    def score(index: int) -> tuple[float, int, torch.Tensor, int]:
+        """One batch: summed loss, top-5 hits, top-1 predictions and the model's number of classes."""
+        x, y = data.batch(index, batch_size)
+        logits = model(x.to(distributed.torch_device(device))).float().cpu()
+        hits = (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(1).sum().item()
         bar.update(1)
+        return F.cross_entropy(logits, y, reduction="sum").item(), hits, logits.argmax(1), logits.shape[1]
+
+    scores = distributed.shard_map(score, range(n_batches))
     bar.close()
     model.train(was_training)
-    n = int(confusion.sum())
-    return EvalResult(top1=100.0 * confusion.diag().sum().item() / max(n, 1), top5=100.0 * top5 / max(n, 1),
-                      loss=loss_sum / max(n, 1), n=n, confusion=confusion.tolist())
+    classes = max([data.info.num_classes] + [width for *_, width in scores])  # a split need not hold every class
+    predictions = torch.cat([p for _, _, p, _ in scores]) if scores else torch.zeros(0, dtype=torch.long)
+    confusion = torch.bincount(data.labels * classes + predictions, minlength=classes * classes)
+    n = len(data)
+    return EvalResult(top1=100.0 * int((predictions == data.labels).sum()) / max(n, 1),
+                      top5=100.0 * sum(h for _, h, _, _ in scores) / max(n, 1),
+                      loss=sum(loss for loss, *_ in scores) / max(n, 1), n=n,
+                      confusion=confusion.view(classes, classes).tolist())

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
+
 # A parameter attribute that the training loop honours: weight decay would shrink such a parameter
 # toward zero (learned quantizer step sizes), so it trains in a group without decay.
 NO_WEIGHT_DECAY = "no_weight_decay"
@@ -53,7 +55,9 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
+    """Write ``data`` to ``path`` atomically (on rank 0 only under torch.distributed: one writer per file)."""
+    if not distributed.is_main():
+        return
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
@@ -71,7 +75,9 @@ def write_result(stem: str | os.PathLike, result: Mapping[str, Any], markdown: s
 
 
 def torch_save_atomic(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temporary file so readers never see a partial checkpoint."""
+    """``torch.save`` through a temporary file so readers never see a partial checkpoint (rank 0 only)."""
+    if not distributed.is_main():
+        return
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 

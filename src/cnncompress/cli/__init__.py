@@ -15,7 +15,7 @@ import sys
 
 from tqdm.std import tqdm
 
-from .. import __version__
+from .. import __version__, distributed
 from ..utils import shorten
 from .common import EXIT_ERROR, CLIError, add_common, setup_logging, show_defaults
 
@@ -47,9 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    try:
+        distributed.init_from_env(getattr(args, "torch_device", None) or "cpu")  # under torchrun: join the ranks
+    except (RuntimeError, ValueError) as exc:
+        return _report(args.command, f"cannot join the torchrun process group: {exc}", EXIT_ERROR)
     setup_logging(args)
     try:
         return int(args.handler(args) or 0)
+    except distributed.PeerFailed as exc:  # another rank failed and said why; this one only stops
+        return _report(args.command, f"stopped because {exc}", EXIT_ERROR)
     except CLIError as exc:
         return _report(args.command, str(exc), exc.code)
     except BrokenPipeError:  # e.g. `cnncompress profile --json | head`: the reader left, not an error
@@ -61,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         logging.getLogger(__name__).debug("failure", exc_info=True)
         return _report(args.command, _describe(exc, args.command), EXIT_ERROR)
+    finally:
+        distributed.shutdown()
 
 
 def _interrupted(args: argparse.Namespace, argv: list[str]) -> None:
@@ -87,6 +95,9 @@ def _interrupted(args: argparse.Namespace, argv: list[str]) -> None:
 
 def _describe(exc: Exception, command: str) -> str:
     """The user-facing reason for an exception a command let through."""
+    if distributed.active() and isinstance(exc, RuntimeError) and distributed.is_peer_loss(exc):
+        return (f"lost contact with another rank, which failed or was stopped (its own message says why); "
+                f"the run can continue with --resume ({shorten(exc)})")
     if isinstance(exc, MemoryError):
         return f"out of memory while running {command}" + (f": {exc}" if str(exc) else "")
     if isinstance(exc, OSError) and exc.strerror:
@@ -97,8 +108,9 @@ def _describe(exc: Exception, command: str) -> str:
 
 
 def _report(command: str, message: str, code: int) -> int:
-    """Print ``message`` as one bounded line on stderr and return the exit code."""
-    print(f"cnncompress {command}: error: {shorten(' '.join(message.split()), MAX_MESSAGE)}", file=sys.stderr)
+    """Print ``message`` as one bounded line on stderr and return the exit code (naming the rank under torchrun)."""
+    where = f" on {distributed.describe()}" if distributed.describe() else ""
+    print(f"cnncompress {command}: error{where}: {shorten(' '.join(message.split()), MAX_MESSAGE)}", file=sys.stderr)
     return code
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..analysis import measure_latency, profile
 from ..models import save_checkpoint
 from ..train import TrainConfig, evaluate, fit
@@ -102,6 +103,13 @@ def partial_path(output: str) -> str:
     return f"{output}.partial"
 
 
+def discard_partial(partial: str | None) -> None:
+    """Remove the epoch checkpoint of a finished run: its output is saved (by rank 0 alone under torchrun,
+    which wrote that output)."""
+    if partial and distributed.is_main() and os.path.exists(partial):
+        os.remove(partial)
+
+
 def saved_epochs(partial: str, epochs: int, resume_command: str) -> str:
     """The interrupt message's account of an epoch checkpoint: what is saved and how to continue."""
     done = partial_epochs(partial)
@@ -128,8 +136,7 @@ def run_train(args: argparse.Namespace) -> int:
                  progress=show_progress(args))
     result = evaluate(model.cpu(), test)
     save_checkpoint(args.output, model, spec, dataset=name, top1=result.top1, epochs=args.epochs)
-    if os.path.exists(partial):
-        os.remove(partial)
+    discard_partial(partial)
     out = {"model": spec.factory, "dataset": name, "output": args.output, "top1": result.top1,
            "top5": result.top5, "loss": result.loss, "history": record.history}
     emit(args, out, _render_train)

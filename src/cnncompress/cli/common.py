@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..artifacts import load_artifact
 from ..data import DATASETS, ImageSet, is_factory_ref, load_dataset, load_user_dataset
 from ..models import ModelSpec, default_dataset, default_input_shape
@@ -207,7 +208,11 @@ def input_shape(args: argparse.Namespace, spec: ModelSpec) -> tuple[int, int, in
 
 
 def emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> None:
-    """Print the result on stdout, as JSON or as the human rendering; ``--quiet`` never hides it."""
+    """Print the result on stdout, as JSON or as the human rendering; ``--quiet`` never hides it.
+
+    Under torchrun rank 0 alone prints it."""
+    if not distributed.is_main():
+        return
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=_jsonable)
         sys.stdout.write("\n")
@@ -265,7 +270,7 @@ def refuse_stale_partial(path: str | os.PathLike, resume: bool) -> None:
 
 
 def setup_logging(args: argparse.Namespace) -> None:
-    level = logging.WARNING if args.quiet else logging.INFO  # logs go to stderr, so --json keeps them
+    level = logging.WARNING if args.quiet or not distributed.is_main() else logging.INFO  # stderr: --json keeps them
     if args.verbose:
         level = logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -273,7 +278,7 @@ def setup_logging(args: argparse.Namespace) -> None:
 
 def show_progress(args: argparse.Namespace) -> bool:
     """Progress bars go to stderr, beside JSON on stdout; off with --quiet or without a terminal."""
-    return not args.quiet and sys.stderr.isatty()
+    return not args.quiet and sys.stderr.isatty() and distributed.is_main()
 
 
 def format_table(rows: list[list[Any]], header: list[str]) -> str:

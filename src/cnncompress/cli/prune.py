@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import os
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ from ..prune import StructuredPruner, TargetNotReached, Taylor
 from ..prune.importance import CRITERIA
 from ..prune.structured_alloc import AllocationRule
 from ..train import TrainConfig, evaluate, fit
-from .basic import partial_path, saved_epochs
+from .basic import discard_partial, partial_path, saved_epochs
 from .common import (
     EXIT_INFEASIBLE,
     CLIError,
@@ -160,8 +159,7 @@ def run_prune(args: argparse.Namespace) -> int:
         save_checkpoint(args.output, pruned, spec, dataset=name, top1=top1,
                         pruning={k: out[k] for k in ("criterion", "allocation", "before", "pruned")})
         out["output"] = args.output
-        if partial is not None and os.path.exists(partial):
-            os.remove(partial)  # the finished model is saved: the epochs that led to it are not needed
+        discard_partial(partial)
     emit(args, out, _render)
     return 0
 

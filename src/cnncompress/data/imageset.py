@@ -110,6 +110,11 @@ class ImageSet:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
 
+    def batch(self, index: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``index`` of the unshuffled set in ``batch_size`` steps, as :meth:`batches` yields it."""
+        window = slice(index * batch_size, (index + 1) * batch_size)
+        return self.normalize(self.images[window]), self.labels[window]
+
     def batches(self, batch_size: int, shuffle: bool = False, augment: bool = False,
                 seed: int | None = None, drop_last: bool = False
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

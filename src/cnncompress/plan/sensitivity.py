@@ -21,6 +21,7 @@ from typing import Any, Literal
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..utils import atomic_write_text
 
 Kind = Literal["prune", "bits", "sparsity"]
@@ -124,6 +125,8 @@ def measure_sensitivity(model: nn.Module, units: Sequence[str], evaluate_fn: Eva
     returns the copy compressed at ``unit`` by ``option`` (it receives a deep copy, so it may edit it
     in place). Entries already in ``table`` (or in the JSON at ``cache``) are not measured again, and
     ``cache`` is rewritten after every unit so an interrupted measurement resumes where it stopped.
+    Under torch.distributed the units are dealt out to the ranks, one each at a time, and their
+    entries gathered in unit order: the table equals the single-process one.
     """
     options = [_check_option(kind, o) for o in options]
     if table is None and cache is not None and Path(cache).exists():
@@ -132,11 +135,22 @@ def measure_sensitivity(model: nn.Module, units: Sequence[str], evaluate_fn: Eva
         loss, acc = evaluate_fn(model)
         table = SensitivityTable(loss, acc)
     entries = table.entries(kind)
-    for unit in tqdm(units, desc=f"sensitivity ({kind})", disable=not progress):
-        todo = [o for o in options if o not in entries.get(unit, {})]
-        for option in todo:
-            loss, acc = evaluate_fn(apply_fn(copy.deepcopy(model), unit, option))
-            table.add(kind, unit, option, Delta(loss - table.baseline_loss, acc - table.baseline_accuracy))
-        if cache is not None and todo:
-            table.save(cache)
+    todo = [(unit, [o for o in options if o not in entries.get(unit, {})]) for unit in units]
+    todo = [(unit, missing) for unit, missing in todo if missing]
+
+    def measure(task: tuple[str, list[float]]) -> list[tuple[float, float]]:
+        unit, missing = task
+        return [evaluate_fn(apply_fn(copy.deepcopy(model), unit, option)) for option in missing]
+
+    step = distributed.world_size()
+    with tqdm(total=len(units), initial=len(units) - len(todo), desc=f"sensitivity ({kind})",
+              disable=not (progress and distributed.is_main())) as bar:
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            for (unit, missing), measured in zip(chunk, distributed.shard_map(measure, chunk), strict=True):
+                for option, (loss, acc) in zip(missing, measured, strict=True):
+                    table.add(kind, unit, option, Delta(loss - table.baseline_loss, acc - table.baseline_accuracy))
+            if cache is not None:
+                table.save(cache)
+            bar.update(len(chunk))
     return table

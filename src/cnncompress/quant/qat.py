@@ -8,6 +8,8 @@ with the pruning stage's masks and stay zero, and a zero weight always quantizes
 
 from __future__ import annotations
 
+import os
+
 from torch import fx, nn
 
 from ..data import ImageSet
@@ -25,12 +27,13 @@ def _clamp_scales(model: nn.Module) -> None:
 
 def qat(qmodel: fx.GraphModule, train: ImageSet, config: TrainConfig, val: ImageSet | None = None,
         teacher: nn.Module | None = None, learnable_scales: bool = False, keep_zeros: bool = True,
-        progress: bool = True) -> TrainRecord:
+        progress: bool = True, checkpoint: str | os.PathLike | None = None, resume: bool = False) -> TrainRecord:
     """Fine-tune ``qmodel`` (from :func:`quantize`) in place with quantization in the loop.
 
     ``teacher`` (e.g. the float model) adds distillation, which recovers low-bit accuracy faster.
     BatchNorm is already folded, which leaves per-layer gradient scales uneven: Adam at ~1e-4 is a
     safe start (SGD at fine-tuning rates of 1e-2..1e-3 diverged on the CIFAR ResNets at 4 bits).
+    ``checkpoint``/``resume``: per-epoch checkpoints, as in :func:`~cnncompress.train.fit`.
     """
     if not hasattr(qmodel, "quant_config"):
         raise ValueError("qat needs a model returned by cnncompress.quant.quantize (calibrated first)")
@@ -45,7 +48,8 @@ def qat(qmodel: fx.GraphModule, train: ImageSet, config: TrainConfig, val: Image
         lock_zeros(qmodel)
         hooks.append(enforce_masks)
     try:
-        return fit(qmodel, train, config, val=val, teacher=teacher, after_step=hooks, progress=progress)
+        return fit(qmodel, train, config, val=val, teacher=teacher, after_step=hooks, progress=progress,
+                   checkpoint=checkpoint, resume=resume)
     finally:
         if keep_zeros:
             make_permanent(qmodel)
