@@ -301,7 +301,7 @@ def _render_mcu(mcu: dict[str, Any], figures: list[dict[str, Any]], budget_on_fi
                "the firmware fits the limits too" if not misses else
                "the firmware does NOT fit (" + ", ".join(misses) + "): the budget above is checked on the .cnnc "
                "container, not on executable C")
-    return (f"C build ({mcu['library']}) on QEMU {run['board']} (Cortex-M4), measured on the firmware: flash "
+    return (f"C build ({mcu['library']}) on QEMU {run['board']} ({run['target']}), measured on the firmware: flash "
             f"{format_bytes(run['flash_bytes'])} (limit {_show('flash_bytes', limits.get('flash_bytes'))}), RAM "
             f"{format_bytes(run['ram_bytes'])} incl. stack {format_bytes(run['stack_bytes'])} "
             f"(limit {_show('ram_bytes', limits.get('ram_bytes'))}); top-1 {mcu['top1_c']:.2f}% on the host build "
