@@ -232,35 +232,19 @@ class _Stages:
         return qmodel, summary | ({"resumed_from_epoch": resumed} if resumed else {})
 
 
-def _logged(name: str, run: Callable[[nn.Module], tuple[nn.Module, dict[str, Any]]]
-            ) -> Callable[[nn.Module], tuple[nn.Module, dict[str, Any]]]:
-    """``run`` logging its start and its figures at INFO (the run directory logs the seconds), so a run
-    without a terminal still says what it is doing."""
-    def logged(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
-        log.info("stage %s: started", name)
-        model, summary = run(model)
-        figures = [f"val top-1 {v:.2f}%" if k == "val_top1" else f"{k.replace('_', ' ')} {v:.4g}"
-                   if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
-                   for k, v in summary.items() if isinstance(v, (int, float, str))]
-        log.info("stage %s: %s", name, ", ".join(figures) or "finished")
-        return model, summary
-    return logged
-
-
 def _run_round(run_dir: RunDirectory, round_no: int, stages: _Stages, model: nn.Module, reference_top1: float,
                ) -> tuple[nn.Module, nn.Module, list[dict[str, Any]]]:
     """One round of stages: (float pruned model, quantized model, stage records)."""
     tag = f"r{round_no}-"
     records = []
-    model, rec = run_dir.run(Stage(tag + "prune", _logged(tag + "prune", stages.prune)), model)
+    model, rec = run_dir.run(Stage(tag + "prune", stages.prune), model)
     records.append(rec)
-    model, rec = run_dir.run(Stage(tag + "finetune", _logged(tag + "finetune", stages.finetune)), model)
+    model, rec = run_dir.run(Stage(tag + "finetune", stages.finetune), model)
     records.append(rec)
-    qmodel, rec = run_dir.run(quantized_stage(tag + "quantize", _logged(tag + "quantize", stages.quantize),
-                                              stages.spec), copy.deepcopy(model))
+    qmodel, rec = run_dir.run(quantized_stage(tag + "quantize", stages.quantize, stages.spec), copy.deepcopy(model))
     records.append(rec)
-    qat_stage = _logged(tag + "qat", lambda m: stages.qat(m, reference_top1))
-    qmodel, rec = run_dir.run(quantized_stage(tag + "qat", qat_stage, stages.spec), qmodel)
+    qmodel, rec = run_dir.run(quantized_stage(tag + "qat", lambda m: stages.qat(m, reference_top1), stages.spec),
+                              qmodel)
     records.append(rec)
     return model, qmodel, [asdict(r) for r in records]
 

@@ -166,8 +166,10 @@ class RunDirectory:
             log.info("stage %s: resumed from %s", stage.name, artifact)
             loaded = stage.load(artifact) if stage.load else load_model(artifact, self.spec)[0]
             return loaded, StageRecord(**{**asdict(finished), "resumed": True})
+        log.info("stage %s: started", stage.name)  # logged, not drawn: a run without a terminal says it too
         began = time.perf_counter()
         model, summary = stage.run(model)
+        log.info("stage %s: %s", stage.name, _figures(summary))
         distributed.broadcast_model(model)
         artifact = self.path / f"{len(self.records):02d}-{stage.name}{stage.suffix}"
         if stage.save:
@@ -179,6 +181,14 @@ class RunDirectory:
         self._write_manifest()
         log.info("stage %s: done in %.1f s", stage.name, record.seconds)
         return model, record
+
+
+def _figures(summary: dict[str, Any]) -> str:
+    """A stage summary's scalar figures as one log line (``val top-1 97.85%, epochs 3``)."""
+    figures = [f"val top-1 {v:.2f}%" if k == "val_top1" else f"{k.replace('_', ' ')} {v:.4g}"
+               if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+               for k, v in summary.items() if isinstance(v, (int, float, str))]
+    return ", ".join(figures) or "finished"
 
 
 def _hold_lock(folder: Path) -> IO[str]:

@@ -305,14 +305,15 @@ def evaluate(model: nn.Module, data: UserData, batch_size: int = 256, device: st
     check_finite(model, "evaluate")
     data = as_image_set(data, need_labels=True, source="evaluate: data", progress=progress)
     was_training = model.training
-    model.eval().to(distributed.torch_device(device))
+    device = distributed.torch_device(device)
+    model.eval().to(device)
     n_batches = data.num_batches(batch_size)
     bar = tqdm(total=n_batches, desc="evaluate", disable=not (progress and distributed.is_main()), leave=False)
 
     def score(index: int) -> tuple[float, int, torch.Tensor, int]:
         """One batch: summed loss, top-5 hits, top-1 predictions and the model's number of classes."""
         x, y = data.batch(index, batch_size)
-        logits = model(x.to(distributed.torch_device(device))).float().cpu()
+        logits = model(x.to(device)).float().cpu()
         hits = (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(1).sum().item()
         bar.update(1)
         return F.cross_entropy(logits, y, reduction="sum").item(), hits, logits.argmax(1), logits.shape[1]
