@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,11 @@ import worker
 HERE = Path(__file__).resolve().parent
 
 
-def torchrun(nproc: int, *args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node N args``, each rank one torch thread (torchrun's default)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    done = torchrun(2, str(HERE / "worker.py"), str(out))
+    done = subprocess.run(worker.torchrun_command(2, str(HERE / "worker.py"), str(out)), capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 

@@ -6,11 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from worker import torchrun_command
 
 from cnncompress import load_artifact
 from cnncompress.data import load_dataset
@@ -20,10 +20,6 @@ from cnncompress.train import evaluate
 COMPRESS = ["-m", "cnncompress", "compress", "--model", "digits_cnn", "--flash", "7KB", "--ram", "4KiB",
             "--max-accuracy-drop", "6", "--qat-epochs", "1", "--batch-size", "64", "--sensitivity-images", "300",
             "--max-rounds", "1"]
-
-
-def torchrun_command(nproc: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
 
 
 @pytest.fixture(scope="module")

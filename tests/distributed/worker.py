@@ -29,6 +29,11 @@ from cnncompress.utils import torch_save_atomic
 STEPS = {"batch_size": 64, "max_batches_per_epoch": 6, "seed": 3}
 
 
+def torchrun_command(nproc: int, *args: str) -> list[str]:
+    """``torchrun --standalone --nproc-per-node N args`` (each rank one torch thread, torchrun's default)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
+
+
 def train_all() -> dict[str, dict[str, torch.Tensor]]:
     """Weights after a plain fit, a distilled fine-tune of a 60%-sparse copy, and QAT of that copy."""
     train = load_dataset("digits", "train")
